@@ -1,0 +1,155 @@
+//! Map keys and values, map names and default capacities.
+
+/// Bumped whenever a map layout or the meaning of a field changes. The agent refuses
+/// to adopt pinned maps written under another version.
+pub const ABI_VERSION: u32 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names as `bpftool map list` shows them (the kernel keeps 15 characters).
+pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_TABLES: &str = "TABLES";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_REASONS: &str = "REASONS";
+pub const MAP_VIP_STATS: &str = "VIP_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_TABLES,
+    MAP_FLOWS,
+    MAP_REASONS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+];
+
+/// Capacities compiled into the object; the agent may resize them at load time
+/// (`--max-vips`, `--max-backends`, `--max-flows`, `--table-size`).
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Maglev table size per VIP: a prime, at least 100 x the backends of any VIP for
+/// a 1 % weight accuracy.
+pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+/// Each VIP owns two tables ("halves"): the idle one is rewritten, then the VIP flips.
+pub const TABLE_HALVES: u32 = 2;
+
+/// `VIPS` key: the destination a packet must match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// IPv4 in the first four bytes (rest zero), or IPv6; network order.
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+
+/// The VIP has no backend with weight: packets are dropped (`DropNoBackend`).
+pub const VIP_F_NO_BACKENDS: u32 = 1;
+
+/// `VIPS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of this VIP's tables in `TABLES` and of its counters in `VIP_STATS`.
+    pub id: u32,
+    pub flags: u32,
+    /// Which of the two tables is live (0 or 1).
+    pub half: u32,
+    pub _pad: u32,
+}
+
+/// The entry holds a backend (an id is never reused while the entry is live).
+pub const BACKEND_F_ACTIVE: u8 = 1;
+/// Informational: the backend is draining (weight 0, old flows continue).
+pub const BACKEND_F_DRAINING: u8 = 2;
+
+/// `BACKENDS` value, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Destination MAC written into forwarded frames.
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub family: u8,
+    /// The VIP this backend serves: a flow-table hit for another VIP is ignored.
+    pub vip_id: u32,
+    pub _pad: u32,
+}
+
+/// Marks a table slot with no backend (only in tables of VIPs without backends).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// `TABLES` value. `backend == prev`: the slot is stable, every flow hashing here
+/// goes to `backend` and the flow table is not consulted. `backend != prev`: the slot
+/// changed since flows were last known to be settled; established flows that are not
+/// in the flow table belong to `prev`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableEntry {
+    pub backend: u32,
+    pub prev: u32,
+}
+
+/// `FLOWS` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub vip_id: u32,
+    pub src_port_be: u16,
+    pub _pad: u16,
+}
+
+/// `FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Per-CPU packet and byte counter (`REASONS`, `VIP_STATS`, `BACKEND_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index of a VIP's table entry for `slot` in `TABLES`.
+#[inline(always)]
+pub fn table_index(vip_id: u32, half: u32, table_size: u32, slot: u32) -> u32 {
+    (vip_id * TABLE_HALVES + (half & 1)) * table_size + slot
+}
+
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<TableEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), made of integers and byte arrays, with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for TableEntry {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Counter {}
+}

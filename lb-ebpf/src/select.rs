@@ -1,0 +1,138 @@
+//! VIP match, then backend choice: Maglev slot, consulting the flow table only for
+//! slots whose backend changed.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    hash, stats, table_index, Backend, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, BACKEND_F_ACTIVE,
+    FAMILY_V4, NO_BACKEND, PROTO_TCP, VIP_F_NO_BACKENDS,
+};
+
+use crate::{
+    forward,
+    parse::{self, Flow},
+    stats::{add, note, Verdict},
+    BACKENDS, BACKEND_STATS, FLOWS, HASH_SEED, TABLES, TABLE_SIZE, VIPS, VIP_STATS,
+};
+
+/// A flow-table entry's `last_seen_ns` is refreshed when older than this.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// The balancer: `Ok` is a verdict, `Err` a drop reason.
+#[inline(always)]
+pub fn try_lb(ctx: &XdpContext) -> Result<Verdict, u32> {
+    let flow = match parse::flow(ctx) {
+        Ok(f) => f,
+        Err(v) => return Ok(v),
+    };
+    let Some(meta) = vip(&flow) else {
+        return Ok(Verdict::Pass(stats::PASS_NOT_VIP));
+    };
+    if meta.flags & VIP_F_NO_BACKENDS != 0 {
+        return Err(stats::DROP_NO_BACKEND);
+    }
+    let (id, backend) = backend(&flow, &meta)?;
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    add(&VIP_STATS, meta.id, len);
+    add(&BACKEND_STATS, id, len);
+    forward::to_backend(ctx, &backend)
+}
+
+#[inline(always)]
+fn vip(flow: &Flow) -> Option<VipMeta> {
+    let mut key = VipKey { addr: [0; 16], port_be: flow.dst_port_be, proto: flow.proto, family: flow.family };
+    let words = key.addr.as_mut_ptr() as *mut [u32; 4];
+    // SAFETY: `addr` is 16 bytes; unaligned store of four words.
+    unsafe { words.write_unaligned(flow.dst) };
+    // SAFETY: the value is copied out at once.
+    unsafe { VIPS.get(&key).copied() }
+}
+
+#[inline(always)]
+fn seed() -> u32 {
+    // SAFETY: a load-time constant in .rodata.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+fn table_size() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TABLE_SIZE) }
+}
+
+#[inline(always)]
+fn flow_hash(flow: &Flow) -> u32 {
+    let ports = hash::ports_word(flow.src_port_be, flow.dst_port_be);
+    if flow.family == FAMILY_V4 {
+        hash::flow_hash_v4(flow.src[0], flow.dst[0], ports, flow.proto, seed())
+    } else {
+        hash::flow_hash_v6(&flow.src, &flow.dst, ports, flow.proto, seed())
+    }
+}
+
+/// The backend for this packet, with its id.
+#[inline(always)]
+fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, Backend), u32> {
+    let size = table_size();
+    if size == 0 {
+        return Err(stats::DROP_TABLE);
+    }
+    let slot = flow_hash(flow) % size;
+    let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
+    if entry.backend == NO_BACKEND {
+        return Err(stats::DROP_NO_BACKEND);
+    }
+    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry) };
+    match active(id, meta.id) {
+        Some(b) => Ok((id, b)),
+        None => Err(stats::DROP_BACKEND_GONE),
+    }
+}
+
+#[inline(always)]
+fn active(id: u32, vip_id: u32) -> Option<Backend> {
+    let b = *BACKENDS.get(id)?;
+    (b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == vip_id).then_some(b)
+}
+
+/// A slot whose backend changed: a pinned flow keeps its backend; an unpinned TCP
+/// packet that is not a SYN belongs to a connection older than the change and goes to
+/// the slot's previous backend; anything else is new and takes the current one. The
+/// choice is pinned, so flow-table writes happen only in changed slots.
+#[inline(always)]
+fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
+    note(stats::NOTE_FLOW_LOOKUP);
+    let key = FlowKey { src_addr: addr_bytes(&flow.src), vip_id: meta.id, src_port_be: flow.src_port_be, _pad: 0 };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    if !flow.syn {
+        if let Some(v) = FLOWS.get_ptr_mut(&key) {
+            // SAFETY: the map value stays valid for this program run.
+            let pinned = unsafe { &mut *v };
+            if active(pinned.backend, meta.id).is_some() {
+                if now.wrapping_sub(pinned.last_seen_ns) > REFRESH_NS {
+                    pinned.last_seen_ns = now;
+                }
+                return pinned.backend;
+            }
+        }
+    }
+    let chosen = if flow.proto == PROTO_TCP && !flow.syn && active(entry.prev, meta.id).is_some() {
+        note(stats::NOTE_PREV_BACKEND);
+        entry.prev
+    } else {
+        entry.backend
+    };
+    let value = FlowValue { backend: chosen, _pad: 0, last_seen_ns: now };
+    if FLOWS.insert(&key, &value, 0).is_ok() {
+        note(stats::NOTE_FLOW_PINNED);
+    }
+    chosen
+}
+
+#[inline(always)]
+fn addr_bytes(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // SAFETY: 16 bytes, unaligned store.
+    unsafe { (out.as_mut_ptr() as *mut [u32; 4]).write_unaligned(*words) };
+    out
+}
