@@ -1,0 +1,13 @@
+//! lb-agent: the control plane of the XDP direct-server-return load balancer.
+//!
+//! Data flows one way: sources -> `model::Desired` -> snapshot (with neighbour MACs)
+//! -> `dataplane::Dataplane`. Side effects (netlink, BPF maps) stay at the edges.
+
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod loader;
+pub mod model;
+pub mod netlink;
+pub mod stats;
+pub mod tables;

@@ -87,6 +87,9 @@ pub struct Backend {
 
 /// Marks a table slot with no backend (only in tables of VIPs without backends).
 pub const NO_BACKEND: u32 = u32::MAX;
+/// `TableEntry::prev` of a slot in transition that has no previous backend to send
+/// unpinned flows to (it was removed, or the slot went back to it). Never an id.
+pub const NO_PREV: u32 = u32::MAX - 1;
 
 /// `TABLES` value. `backend == prev`: the slot is stable, every flow hashing here
 /// goes to `backend` and the flow table is not consulted. `backend != prev`: the slot

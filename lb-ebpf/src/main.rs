@@ -8,7 +8,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_F_MMAPABLE},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -27,8 +27,9 @@ const TABLE_ENTRIES: usize = (DEFAULT_MAX_VIPS * TABLE_HALVES * DEFAULT_TABLE_SI
 static VIPS: HashMap<VipKey, VipMeta, MAX_VIPS> = HashMap::new();
 #[btf_map]
 static BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
+/// Memory-mappable: the agent writes tables with plain stores, not one syscall a slot.
 #[btf_map]
-static TABLES: Array<TableEntry, TABLE_ENTRIES> = Array::new();
+static TABLES: Array<TableEntry, TABLE_ENTRIES, { BPF_F_MMAPABLE as usize }> = Array::new();
 #[btf_map]
 static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_MAX_FLOWS as usize }> = LruHashMap::new();
 #[btf_map]

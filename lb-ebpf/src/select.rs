@@ -78,10 +78,10 @@ fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, Backend), u32> {
     }
     let slot = flow_hash(flow) % size;
     let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
-    if entry.backend == NO_BACKEND {
+    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry) };
+    if id == NO_BACKEND {
         return Err(stats::DROP_NO_BACKEND);
     }
-    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry) };
     match active(id, meta.id) {
         Some(b) => Ok((id, b)),
         None => Err(stats::DROP_BACKEND_GONE),
@@ -97,7 +97,8 @@ fn active(id: u32, vip_id: u32) -> Option<Backend> {
 /// A slot whose backend changed: a pinned flow keeps its backend; an unpinned TCP
 /// packet that is not a SYN belongs to a connection older than the change and goes to
 /// the slot's previous backend; anything else is new and takes the current one. The
-/// choice is pinned, so flow-table writes happen only in changed slots.
+/// choice is pinned, so flow-table writes happen only in changed slots. `NO_BACKEND`
+/// (nothing to send a new flow to) is returned unpinned.
 #[inline(always)]
 fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
     note(stats::NOTE_FLOW_LOOKUP);
@@ -122,6 +123,9 @@ fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
     } else {
         entry.backend
     };
+    if chosen == NO_BACKEND {
+        return chosen;
+    }
     let value = FlowValue { backend: chosen, _pad: 0, last_seen_ns: now };
     if FLOWS.insert(&key, &value, 0).is_ok() {
         note(stats::NOTE_FLOW_PINNED);

@@ -1,0 +1,262 @@
+//! Typed configuration: flags and the config file are parsed into raw form, then
+//! validated into a `Config` by pure functions. Every error names the flag or field.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{BackendSpec, Desired, Vip, VipSyntax, DEFAULT_WEIGHT, MAX_WEIGHT};
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic with a log line saying why.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// What the agent runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub iface: String,
+    pub xdp_mode: XdpModeChoice,
+    pub desired: Desired,
+}
+
+/// One VIP as written (flag order or config file), before validation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawVip {
+    /// Where it came from, for messages: `--vip` or `vip[2]`.
+    pub origin: String,
+    pub address: String,
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawBackend {
+    /// `--backend` or `vip[2].backend[0]`.
+    pub origin: String,
+    pub address: String,
+    pub weight: Option<String>,
+}
+
+/// What is wrong with one field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{0}")]
+    Vip(VipSyntax),
+    #[error("not an IP address")]
+    Address,
+    #[error("weight must be a whole number from 0 to {MAX_WEIGHT}")]
+    Weight,
+    #[error("the same VIP is configured twice")]
+    DuplicateVip,
+    #[error("the same backend is listed twice for this VIP")]
+    DuplicateBackend,
+    #[error("an IPv{backend} backend cannot serve an IPv{vip} VIP (direct server return keeps the packet as it is)")]
+    Family { vip: u8, backend: u8 },
+    #[error("comes before any --vip (each --backend belongs to the --vip before it)")]
+    Orphan,
+    #[error("is required (or `iface` in the config file)")]
+    Missing,
+    #[error("must be a prime of at least 3 (Maglev needs every skip to visit every slot)")]
+    NotPrime,
+    #[error("must be at least 1")]
+    Zero,
+    #[error("max-vips x 2 x table-size must fit in 32 bits")]
+    TooLarge,
+    #[error("no interface of that name")]
+    NoSuchInterface,
+    #[error("is not on a subnet of interface {iface} (direct server return needs backends on the same L2 segment)")]
+    OffLink { iface: String },
+}
+
+/// A configuration error: the flag or field, the value given, and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value:?}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub value: String,
+    pub problem: Problem,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, value: impl Into<String>, problem: Problem) -> Self {
+        FieldError { field: field.into(), value: value.into(), problem }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Field(#[from] FieldError),
+}
+
+/// The config file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub iface: Option<String>,
+    pub xdp_mode: Option<XdpModeChoice>,
+    #[serde(default)]
+    pub vip: Vec<FileVip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVip {
+    pub address: String,
+    #[serde(default)]
+    pub backend: Vec<FileBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    pub weight: Option<toml::Value>,
+}
+
+/// Reads a config file into raw VIPs (validation happens in `validate_vips`).
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Syntax { path: path.into(), source })
+}
+
+impl FileConfig {
+    pub fn raw_vips(&self) -> Vec<RawVip> {
+        self.vip
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RawVip {
+                origin: format!("vip[{i}].address"),
+                address: v.address.clone(),
+                backends: v
+                    .backend
+                    .iter()
+                    .enumerate()
+                    .map(|(j, b)| RawBackend {
+                        origin: format!("vip[{i}].backend[{j}]"),
+                        address: b.address.clone(),
+                        weight: b.weight.as_ref().map(|w| match w {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Groups `--vip` and `--backend` values by their position on the command line: each
+/// backend belongs to the VIP before it. `vips`/`backends` carry (index, value).
+pub fn group_flags(vips: &[(usize, String)], backends: &[(usize, String)]) -> Result<Vec<RawVip>, FieldError> {
+    let mut out: Vec<(usize, RawVip)> = vips
+        .iter()
+        .map(|(i, v)| (*i, RawVip { origin: "--vip".into(), address: v.clone(), backends: vec![] }))
+        .collect();
+    for (pos, b) in backends {
+        let owner = out.iter_mut().rev().find(|(i, _)| i < pos);
+        let Some((_, vip)) = owner else {
+            return Err(FieldError::new("--backend", b, Problem::Orphan));
+        };
+        let (address, weight) = match b.split_once('=') {
+            Some((a, w)) => (a.to_string(), Some(w.to_string())),
+            None => (b.clone(), None),
+        };
+        vip.backends.push(RawBackend { origin: "--backend".into(), address, weight });
+    }
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Validates one VIP and its backends.
+pub fn validate_vip(raw: &RawVip) -> Result<(Vip, Vec<BackendSpec>), FieldError> {
+    let vip: Vip = raw.address.trim().parse().map_err(|e| FieldError::new(&raw.origin, &raw.address, Problem::Vip(e)))?;
+    let mut backends: Vec<BackendSpec> = Vec::with_capacity(raw.backends.len());
+    for b in &raw.backends {
+        let shown = match &b.weight {
+            Some(w) => format!("{}={w}", b.address),
+            None => b.address.clone(),
+        };
+        let addr: IpAddr = b.address.trim().parse().map_err(|_| FieldError::new(&b.origin, &shown, Problem::Address))?;
+        let weight = match &b.weight {
+            None => DEFAULT_WEIGHT,
+            Some(w) => match w.trim().parse::<u32>() {
+                Ok(w) if w <= MAX_WEIGHT => w,
+                _ => return Err(FieldError::new(&b.origin, &shown, Problem::Weight)),
+            },
+        };
+        if addr.is_ipv4() != vip.addr.is_ipv4() {
+            let fam = |a: IpAddr| if a.is_ipv4() { 4 } else { 6 };
+            return Err(FieldError::new(&b.origin, &shown, Problem::Family { vip: fam(vip.addr), backend: fam(addr) }));
+        }
+        if backends.iter().any(|x| x.addr == addr) {
+            return Err(FieldError::new(&b.origin, &shown, Problem::DuplicateBackend));
+        }
+        backends.push(BackendSpec { addr, weight });
+    }
+    Ok((vip, backends))
+}
+
+/// Validates every VIP. Returns the valid ones and an error for each invalid one, so
+/// that one bad VIP never takes the others down (a reload applies the valid ones).
+pub fn validate_vips(raw: &[RawVip]) -> (Desired, Vec<FieldError>) {
+    let mut vips = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in raw {
+        match validate_vip(r) {
+            Ok((vip, backends)) => {
+                if vips.contains_key(&vip) {
+                    errors.push(FieldError::new(&r.origin, &r.address, Problem::DuplicateVip));
+                } else {
+                    vips.insert(vip, backends);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (Desired { vips }, errors)
+}
+
+/// Builds the startup config: flags win over the file; any error is fatal at startup.
+pub fn build(
+    iface_flag: Option<String>,
+    mode_flag: Option<XdpModeChoice>,
+    flag_vips: Vec<RawVip>,
+    file: Option<&FileConfig>,
+) -> Result<Config, FieldError> {
+    let iface = iface_flag
+        .or_else(|| file.and_then(|f| f.iface.clone()))
+        .ok_or_else(|| FieldError::new("--iface", "", Problem::Missing))?;
+    let xdp_mode = mode_flag.or_else(|| file.and_then(|f| f.xdp_mode)).unwrap_or_default();
+    let mut raw = flag_vips;
+    if let Some(f) = file {
+        raw.extend(f.raw_vips());
+    }
+    let (desired, mut errors) = validate_vips(&raw);
+    if !errors.is_empty() {
+        return Err(errors.remove(0));
+    }
+    Ok(Config { iface, xdp_mode, desired })
+}
+
+#[cfg(test)]
+mod tests;

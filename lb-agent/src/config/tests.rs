@@ -1,0 +1,113 @@
+use super::*;
+
+fn flags(args: &[(&str, &str)]) -> Vec<RawVip> {
+    let mut vips = vec![];
+    let mut backends = vec![];
+    for (i, (k, v)) in args.iter().enumerate() {
+        match *k {
+            "vip" => vips.push((i, v.to_string())),
+            _ => backends.push((i, v.to_string())),
+        }
+    }
+    group_flags(&vips, &backends).unwrap()
+}
+
+#[test]
+fn backends_belong_to_the_vip_before_them() {
+    let raw = flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=3"), ("b", "10.0.0.2"), ("vip", "192.0.2.1:53/udp"), ("b", "10.0.0.3=0")]);
+    let cfg = build(Some("eth0".into()), None, raw, None).unwrap();
+    let tcp: Vip = "192.0.2.1:80/tcp".parse().unwrap();
+    let udp: Vip = "192.0.2.1:53/udp".parse().unwrap();
+    let w = |v: &Vip| cfg.desired.vips[v].iter().map(|b| (b.addr.to_string(), b.weight)).collect::<Vec<_>>();
+    assert_eq!(w(&tcp), vec![("10.0.0.1".into(), 3), ("10.0.0.2".into(), 1)]);
+    assert_eq!(w(&udp), vec![("10.0.0.3".into(), 0)]);
+}
+
+#[test]
+fn orphan_backend() {
+    let err = group_flags(&[(2, "192.0.2.1:80/tcp".into())], &[(1, "10.0.0.1".into())]).unwrap_err();
+    assert_eq!(err.field, "--backend");
+    assert_eq!(err.problem, Problem::Orphan);
+}
+
+/// A table of invalid inputs and the (field, problem) each must report.
+#[test]
+fn invalid_inputs_name_the_field() {
+    let cases: Vec<(Vec<(&str, &str)>, &str, Problem)> = vec![
+        (vec![("vip", "192.0.2.1:80")], "--vip", Problem::Vip(VipSyntax::Shape)),
+        (vec![("vip", "192.0.2.1:80/icmp")], "--vip", Problem::Vip(VipSyntax::Protocol)),
+        (vec![("vip", "192.0.2.1:0/tcp")], "--vip", Problem::Vip(VipSyntax::Port)),
+        (vec![("vip", "192.0.2.999:80/tcp")], "--vip", Problem::Vip(VipSyntax::Shape)),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.x")], "--backend", Problem::Address),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=65536")], "--backend", Problem::Weight),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=-1")], "--backend", Problem::Weight),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=heavy")], "--backend", Problem::Weight),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "2001:db8::1")], "--backend", Problem::Family { vip: 4, backend: 6 }),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("b", "10.0.0.1=2")], "--backend", Problem::DuplicateBackend),
+        (vec![("vip", "192.0.2.1:80/tcp"), ("vip", "192.0.2.1:80/TCP")], "--vip", Problem::DuplicateVip),
+    ];
+    for (args, field, problem) in cases {
+        let err = build(Some("eth0".into()), None, flags(&args), None).unwrap_err();
+        assert_eq!((err.field.as_str(), &err.problem), (field, &problem), "for {args:?}");
+    }
+}
+
+#[test]
+fn iface_is_required() {
+    let err = build(None, None, vec![], None).unwrap_err();
+    assert_eq!((err.field.as_str(), err.problem), ("--iface", Problem::Missing));
+}
+
+#[test]
+fn message_is_one_clear_line() {
+    let err = build(Some("eth0".into()), None, flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=70000")]), None).unwrap_err();
+    assert_eq!(err.to_string(), "--backend \"10.0.0.1=70000\": weight must be a whole number from 0 to 65535");
+}
+
+#[test]
+fn file_config_and_flags_merge() {
+    let file: FileConfig = toml::from_str(
+        r#"
+        iface = "lb0"
+        xdp_mode = "generic"
+        [[vip]]
+        address = "[2001:db8::10]:443/tcp"
+        backend = [ { address = "2001:db8::2", weight = 5 }, { address = "2001:db8::3" } ]
+        "#,
+    )
+    .unwrap();
+    let cfg = build(None, None, flags(&[("vip", "192.0.2.1:80/tcp")]), Some(&file)).unwrap();
+    assert_eq!(cfg.iface, "lb0");
+    assert_eq!(cfg.xdp_mode, XdpModeChoice::Generic);
+    assert_eq!(cfg.desired.vips.len(), 2);
+    let v6: Vip = "[2001:db8::10]:443/tcp".parse().unwrap();
+    assert_eq!(cfg.desired.vips[&v6][0].weight, 5);
+    // Flags win.
+    let cfg = build(Some("eth9".into()), Some(XdpModeChoice::Native), vec![], Some(&file)).unwrap();
+    assert_eq!((cfg.iface.as_str(), cfg.xdp_mode), ("eth9", XdpModeChoice::Native));
+}
+
+#[test]
+fn file_errors_name_the_field() {
+    let file: FileConfig = toml::from_str(
+        r#"
+        [[vip]]
+        address = "192.0.2.1:80/tcp"
+        backend = [ { address = "10.0.0.1", weight = 100000 } ]
+        "#,
+    )
+    .unwrap();
+    let err = build(Some("x".into()), None, vec![], Some(&file)).unwrap_err();
+    assert_eq!(err.field, "vip[0].backend[0]");
+    assert_eq!(err.problem, Problem::Weight);
+    assert!(toml::from_str::<FileConfig>("[[vip]]\naddress = \"x\"\nbogus = 1\n").is_err());
+}
+
+#[test]
+fn one_bad_vip_does_not_hide_the_others() {
+    let raw = flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("vip", "nonsense"), ("vip", "192.0.2.2:80/tcp")]);
+    let (desired, errors) = validate_vips(&raw);
+    assert_eq!(desired.vips.len(), 2);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].value, "nonsense");
+}

@@ -1,0 +1,77 @@
+//! The one interface between the wanted state and a data plane: whole snapshots,
+//! applied level-triggered. An implementation diffs against what it applied last, so
+//! applying the same snapshot twice writes nothing.
+
+pub mod fake;
+pub mod table;
+pub mod xdp;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::model::Vip;
+
+/// One backend as a data plane must program it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapBackend {
+    pub addr: IpAddr,
+    /// Effective weight now (after ramp and drain); 0 takes no new flows.
+    pub weight: u32,
+    /// Link-layer address, when the neighbour is resolved (XDP needs it; IPVS not).
+    pub mac: Option<[u8; 6]>,
+    /// Leaving: weight 0, established flows continue.
+    pub draining: bool,
+}
+
+/// Everything a data plane must hold: every VIP with its backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub vips: BTreeMap<Vip, Vec<SnapBackend>>,
+}
+
+/// What an apply changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    /// VIPs whose table or backends changed.
+    pub vips_changed: usize,
+    /// Individual writes to the data plane (map entries, table slots).
+    pub writes: usize,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.writes == 0
+    }
+}
+
+pub trait Dataplane {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Makes the data plane hold exactly `snapshot`.
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error>;
+}
+
+/// The data plane in use: a closed set, chosen once at startup.
+pub enum AnyDataplane {
+    Xdp(xdp::XdpDataplane),
+    Fake(fake::FakeDataplane),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnyError {
+    #[error(transparent)]
+    Xdp(#[from] xdp::XdpError),
+    #[error(transparent)]
+    Fake(#[from] std::convert::Infallible),
+}
+
+impl Dataplane for AnyDataplane {
+    type Error = AnyError;
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, AnyError> {
+        Ok(match self {
+            AnyDataplane::Xdp(d) => d.apply(snapshot)?,
+            AnyDataplane::Fake(d) => d.apply(snapshot)?,
+        })
+    }
+}
