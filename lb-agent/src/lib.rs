@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod explain;
 pub mod loader;
 pub mod model;
 pub mod netlink;

@@ -185,13 +185,13 @@ fn take_maps(ebpf: &mut Ebpf, pin: Option<&Path>, opts: &LoadOptions) -> Result<
     })
 }
 
-impl Loaded {
-    /// The balancer program (for BPF_PROG_TEST_RUN).
-    pub fn program(&self, name: &'static str) -> Result<&Xdp, LoadError> {
-        let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
-        prog.try_into().map_err(|source| LoadError::Program { name, source })
-    }
+/// One of the object's programs (for BPF_PROG_TEST_RUN).
+pub fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoadError> {
+    let prog = ebpf.program(name).ok_or(LoadError::MissingProgram { name })?;
+    prog.try_into().map_err(|source| LoadError::Program { name, source })
+}
 
+impl Loaded {
     /// Attaches the balancer to `iface`. `Auto` tries native XDP and falls back to
     /// generic (skb) mode, logging why. Returns the mode in use.
     pub fn attach(&mut self, iface: &str, mode: XdpModeChoice) -> Result<XdpMode, LoadError> {

@@ -26,6 +26,20 @@ pub const fn is_prime(n: u32) -> bool {
     true
 }
 
+/// The backend for a packet in a changed slot (`entry.backend != entry.prev`) that has
+/// no usable flow-table entry: a TCP packet that is not a SYN belongs to a connection
+/// older than the change and goes to the previous backend if that one is still active;
+/// anything else is a new flow for the current backend. Returns (backend, used_prev).
+/// The kernel and `lb-agent explain` both decide with this function.
+#[inline(always)]
+pub fn unpinned_choice(entry: &crate::TableEntry, tcp: bool, syn: bool, prev_active: bool) -> (u32, bool) {
+    if tcp && !syn && prev_active {
+        (entry.prev, true)
+    } else {
+        (entry.backend, false)
+    }
+}
+
 #[cfg(feature = "user")]
 pub use builder::*;
 

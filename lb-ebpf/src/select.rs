@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    hash, stats, table_index, Backend, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, BACKEND_F_ACTIVE,
+    hash, maglev, stats, table_index, Backend, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, BACKEND_F_ACTIVE,
     FAMILY_V4, NO_BACKEND, PROTO_TCP, VIP_F_NO_BACKENDS,
 };
 
@@ -76,7 +76,7 @@ fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, Backend), u32> {
     if size == 0 {
         return Err(stats::DROP_TABLE);
     }
-    let slot = flow_hash(flow) % size;
+    let slot = maglev::slot_of(flow_hash(flow), size);
     let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
     let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry) };
     if id == NO_BACKEND {
@@ -117,12 +117,12 @@ fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
             }
         }
     }
-    let chosen = if flow.proto == PROTO_TCP && !flow.syn && active(entry.prev, meta.id).is_some() {
+    let tcp = flow.proto == PROTO_TCP;
+    let prev_active = tcp && !flow.syn && active(entry.prev, meta.id).is_some();
+    let (chosen, used_prev) = maglev::unpinned_choice(entry, tcp, flow.syn, prev_active);
+    if used_prev {
         note(stats::NOTE_PREV_BACKEND);
-        entry.prev
-    } else {
-        entry.backend
-    };
+    }
     if chosen == NO_BACKEND {
         return chosen;
     }

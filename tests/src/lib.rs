@@ -4,6 +4,8 @@
 //! its reason and, when `LB_SKIP_LOG` is set (by `cargo xtask test`), appends a line to
 //! that file, so the runner can fail a run in which every privileged test skipped.
 
+pub mod frames;
+
 use std::io::Write;
 
 /// Why this machine cannot run privileged tests, if it cannot.

@@ -1,0 +1,134 @@
+//! Which backend the kernel picks for a flow, and why: the same hash, table and
+//! decision code as the XDP program, run against the live maps.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use aya::maps::MapError;
+use lb_common::{hash, maglev, Backend, FlowKey, TableEntry, VipMeta, BACKEND_F_ACTIVE, NO_BACKEND, VIP_F_NO_BACKENDS};
+
+use crate::loader::Maps;
+use crate::model::{addr_bytes, family, Protocol, Vip};
+
+/// A flow to explain.
+#[derive(Clone, Copy, Debug)]
+pub struct Query {
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub vip: Vip,
+    /// Explain the first packet (a TCP SYN) rather than a packet of an established flow.
+    pub syn: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No VIP matches: the kernel gets the packet.
+    NotAVip,
+    /// The VIP has no backend that can take the packet.
+    NoBackend,
+    /// The slot is stable: its backend, without a flow-table lookup.
+    Stable,
+    /// The slot changed and the flow is pinned in the flow table.
+    Pinned,
+    /// The slot changed; an unpinned established TCP flow goes to the previous backend.
+    PreviousBackend,
+    /// The slot changed; a new flow goes to the current backend (and is pinned).
+    NewFlow,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Explanation {
+    pub reason: Reason,
+    pub vip_id: Option<u32>,
+    pub slot: Option<u32>,
+    pub entry: Option<TableEntry>,
+    pub backend_id: Option<u32>,
+    pub backend: Option<Backend>,
+}
+
+impl Explanation {
+    fn none(reason: Reason, vip_id: Option<u32>) -> Self {
+        Explanation { reason, vip_id, slot: None, entry: None, backend_id: None, backend: None }
+    }
+}
+
+/// Mirrors `lb-ebpf`'s `select`.
+pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapError> {
+    let meta: VipMeta = match maps.vips.get(&q.vip.key(), 0) {
+        Ok(m) => m,
+        Err(MapError::KeyNotFound) => return Ok(Explanation::none(Reason::NotAVip, None)),
+        Err(e) => return Err(e),
+    };
+    if meta.flags & VIP_F_NO_BACKENDS != 0 {
+        return Ok(Explanation::none(Reason::NoBackend, Some(meta.id)));
+    }
+    let h = hash::flow_hash(
+        family(q.vip.addr),
+        &addr_bytes(q.src),
+        &addr_bytes(q.vip.addr),
+        q.src_port.to_be(),
+        q.vip.port.to_be(),
+        q.vip.proto.number(),
+        seed,
+    );
+    let slot = maglev::slot_of(h, maps.tables.table_size());
+    let entry = maps.tables.get(meta.id, meta.half, slot);
+    let active = |id: u32| -> Result<Option<Backend>, MapError> {
+        if id >= maps.backends.len() {
+            return Ok(None);
+        }
+        let b = maps.backends.get(&id, 0)?;
+        Ok((b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.id).then_some(b))
+    };
+    let (id, reason) = if entry.backend == entry.prev {
+        (entry.backend, Reason::Stable)
+    } else {
+        let key = FlowKey { src_addr: addr_bytes(q.src), vip_id: meta.id, src_port_be: q.src_port.to_be(), _pad: 0 };
+        let pinned = if q.syn {
+            None
+        } else {
+            match maps.flows.get(&key, 0) {
+                Ok(v) if active(v.backend)?.is_some() => Some(v.backend),
+                Ok(_) | Err(MapError::KeyNotFound) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        match pinned {
+            Some(id) => (id, Reason::Pinned),
+            None => {
+                let tcp = q.vip.proto == Protocol::Tcp;
+                let prev_active = tcp && !q.syn && active(entry.prev)?.is_some();
+                let (id, used_prev) = maglev::unpinned_choice(&entry, tcp, q.syn, prev_active);
+                (id, if used_prev { Reason::PreviousBackend } else { Reason::NewFlow })
+            }
+        }
+    };
+    let backend = if id == NO_BACKEND { None } else { active(id)? };
+    let reason = if backend.is_none() { Reason::NoBackend } else { reason };
+    Ok(Explanation { reason, vip_id: Some(meta.id), slot: Some(slot), entry: Some(entry), backend_id: Some(id).filter(|&i| i != NO_BACKEND), backend })
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.reason {
+            Reason::NotAVip => "no VIP matches: passed to the kernel",
+            Reason::NoBackend => "no backend can take it: dropped",
+            Reason::Stable => "table slot is stable",
+            Reason::Pinned => "slot changed; flow pinned in the flow table",
+            Reason::PreviousBackend => "slot changed; established flow kept on the previous backend",
+            Reason::NewFlow => "slot changed; new flow to the current backend",
+        };
+        match (self.backend, self.backend_id, self.slot) {
+            (Some(b), Some(id), Some(slot)) => {
+                let addr = crate::model::addr_from_bytes(b.family, &b.addr);
+                let m = b.mac;
+                write!(
+                    f,
+                    "backend {addr} (id {id}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}): slot {slot}, {why}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                )
+            }
+            _ => f.write_str(why),
+        }
+    }
+}
