@@ -4,7 +4,11 @@
 //! its reason and, when `LB_SKIP_LOG` is set (by `cargo xtask test`), appends a line to
 //! that file, so the runner can fail a run in which every privileged test skipped.
 
+pub mod agent;
 pub mod frames;
+pub mod lab;
+pub mod netns;
+pub mod servers;
 
 use std::io::Write;
 

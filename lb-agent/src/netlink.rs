@@ -1,0 +1,739 @@
+//! The agent's rtnetlink edge: interface facts, VIP addresses, and the neighbour table.
+//!
+//! Everything here goes through one `rtnetlink` connection ([`Netlink`]), whose socket
+//! belongs to the network namespace of the thread that called [`Netlink::new`].
+//!
+//! # Keeping backends resolved: managed neighbour entries
+//!
+//! The XDP program needs each backend's MAC address, and the kernel only learns it by
+//! ARP / neighbour discovery, which it does not do for traffic it never routes itself.
+//! [`Netlink::resolve`] therefore installs a *managed* neighbour entry
+//! (`NTF_EXT_MANAGED`, Linux ≥ 5.16): the kernel resolves such an entry on creation and
+//! keeps re-probing it, so it stays usable and follows MAC changes with no traffic of
+//! ours. The request is byte-for-byte what `ip neigh replace ADDR dev IF managed`
+//! sends (checked with `strace` against iproute2 6.1): `RTM_NEWNEIGH` with
+//! `NLM_F_REQUEST|NLM_F_ACK|NLM_F_REPLACE|NLM_F_CREATE`, `ndm_state = NUD_NONE`,
+//! `ndm_flags = 0`, and the attributes `NDA_DST` and `NDA_FLAGS_EXT = NTF_EXT_MANAGED`.
+//! `netlink-packet-route` 0.34 (the version `rtnetlink` 0.24 uses) expresses that
+//! attribute as `NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed)`, so no raw
+//! bytes and no fallback (such as a UDP datagram to provoke a solicitation) are needed.
+//!
+//! For an entry that already exists the kernel only sets the managed flag and leaves the
+//! state alone, except that it clears `NUD_PERMANENT`. So that an administrator's static
+//! entry is never demoted, `resolve` leaves `PERMANENT` and `NOARP` entries untouched
+//! (they are usable as they are), and [`Netlink::forget`] deletes only entries that carry
+//! the managed flag.
+//!
+//! IPv6 caveat: a solicitation that no packet triggered (as here) takes its source
+//! address from the interface's link-local address, and the kernel sends none while
+//! that address is tentative or missing (`ndisc_send_ns`). Right after the link comes
+//! up, resolution therefore waits for the link-local address's DAD (about 2 s in the
+//! namespace tests), and on an interface without one (`addrgenmode none`) IPv6
+//! neighbours never resolve: the entry goes `FAILED` without a solicitation sent.
+//!
+//! # Errors
+//!
+//! Every failure is a [`NetlinkError`] naming the interface (by name or index) and the
+//! address involved; the `rtnetlink` error (usually a kernel errno) is its source.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::AddressMessageBuilder;
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// One network interface as the agent needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The kernel's interface index.
+    pub index: u32,
+    /// The interface's name as the kernel reports it (its primary name, even when it
+    /// was looked up by an alternative name).
+    pub name: String,
+    /// The interface's Ethernet address.
+    pub mac: [u8; 6],
+    /// Every address configured on the interface, with its prefix length, in the
+    /// kernel's order: IPv4 and IPv6, including IPv6 link-local and any /32 or /128
+    /// VIPs added by [`Netlink::add_address`].
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+/// A failed rtnetlink operation, with the interface and address it concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// [`Netlink::new`] was called outside a tokio runtime.
+    #[error("the rtnetlink connection needs a tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    /// The rtnetlink socket could not be opened.
+    #[error("cannot open an rtnetlink socket")]
+    Connect(#[source] std::io::Error),
+    /// No interface has this name (in this network namespace).
+    #[error("no interface named {name:?}")]
+    NoSuchInterface { name: String },
+    /// No interface has this index (in this network namespace).
+    #[error("no interface with index {ifindex}")]
+    NoSuchIfindex { ifindex: u32 },
+    /// The interface has no 6-byte hardware address, so it is not Ethernet-like.
+    #[error("interface {name:?} has no Ethernet address (hardware address of {len} bytes)")]
+    NotEthernet { name: String, len: usize },
+    /// Looking up an interface failed.
+    #[error("cannot look up interface {name:?}")]
+    GetLink {
+        name: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Listing an interface's addresses failed.
+    #[error("cannot list the addresses of interface {ifindex}")]
+    ListAddresses {
+        ifindex: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Adding an address failed.
+    #[error("cannot add address {addr} to interface {ifindex}")]
+    AddAddress {
+        ifindex: u32,
+        addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Deleting an address failed.
+    #[error("cannot delete address {addr} from interface {ifindex}")]
+    DelAddress {
+        ifindex: u32,
+        addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Listing the neighbour table failed.
+    #[error("cannot list the neighbours of interface {ifindex}")]
+    ListNeighbours {
+        ifindex: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Reading one neighbour entry failed.
+    #[error("cannot read the neighbour entry for {addr} on interface {ifindex}")]
+    GetNeighbour {
+        ifindex: u32,
+        addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Installing the managed neighbour entry failed.
+    #[error("cannot make the kernel resolve {addr} on interface {ifindex}")]
+    Resolve {
+        ifindex: u32,
+        addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Deleting the managed neighbour entry failed.
+    #[error("cannot delete the neighbour entry for {addr} on interface {ifindex}")]
+    Forget {
+        ifindex: u32,
+        addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// The agent's rtnetlink connection.
+///
+/// The connection runs as a task on the tokio runtime [`Netlink::new`] was called on;
+/// dropping the `Netlink` stops it.
+#[derive(Debug)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Netlink {
+    /// Opens an rtnetlink socket in the calling thread's network namespace and spawns
+    /// its connection task on the current tokio runtime.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(NetlinkError::NoRuntime)?;
+        // The socket registers with the runtime's reactor, so build it inside the runtime.
+        let _guard = runtime.enter();
+        let (connection, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        let connection = runtime.spawn(connection);
+        Ok(Self { handle, connection })
+    }
+
+    /// The interface called `name`: its index, MAC and configured addresses.
+    ///
+    /// A name the kernel cannot hold (empty, longer than 15 bytes, with a NUL) is
+    /// [`NetlinkError::NoSuchInterface`] like any other missing name.
+    pub async fn link(&self, name: &str) -> Result<Link, NetlinkError> {
+        let no_such = || NetlinkError::NoSuchInterface {
+            name: name.to_owned(),
+        };
+        if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('\0') {
+            return Err(no_such());
+        }
+        let message = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await
+            .map_err(|source| match errno(&source) {
+                Some(libc::ENODEV) => no_such(),
+                _ => NetlinkError::GetLink {
+                    name: name.to_owned(),
+                    source,
+                },
+            })?
+            .ok_or_else(no_such)?;
+
+        let index = message.header.index;
+        let mut real_name = None;
+        let mut hw = None;
+        for attribute in message.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => real_name = Some(n),
+                LinkAttribute::Address(a) => hw = Some(a),
+                _ => {}
+            }
+        }
+        let name = real_name.unwrap_or_else(|| name.to_owned());
+        let hw = hw.unwrap_or_default();
+        let mac: [u8; 6] = hw
+            .as_slice()
+            .try_into()
+            .map_err(|_| NetlinkError::NotEthernet {
+                name: name.clone(),
+                len: hw.len(),
+            })?;
+
+        let addrs = self.addresses(index).await?;
+        Ok(Link {
+            index,
+            name,
+            mac,
+            addrs,
+        })
+    }
+
+    /// Every address on interface `ifindex`, with its prefix length.
+    async fn addresses(&self, ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::ListAddresses { ifindex, source })?;
+        Ok(messages.iter().filter_map(configured_address).collect())
+    }
+
+    /// Adds `addr` to interface `ifindex` as a /32 (IPv4) or /128 (IPv6, without
+    /// duplicate address detection, so it is usable at once).
+    ///
+    /// Returns `Ok(true)` if the address was added, `Ok(false)` if the kernel already had
+    /// it (`EEXIST`; for IPv4, the same address with the same /32 prefix).
+    pub async fn add_address(&self, ifindex: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(ifindex, addr, host_prefix_len(addr));
+        if addr.is_ipv6() {
+            let message = request.message_mut();
+            message.header.flags |= AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
+            Ok(()) => {
+                tracing::debug!(ifindex, %addr, "added address");
+                Ok(true)
+            }
+            Err(source) => match errno(&source) {
+                Some(libc::EEXIST) => Ok(false),
+                Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
+                _ => Err(NetlinkError::AddAddress {
+                    ifindex,
+                    addr,
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// Deletes the /32 or /128 `addr` from interface `ifindex`; an address that is not
+    /// there (or is there only with another prefix length) is not an error.
+    pub async fn del_address(&self, ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+        let prefix_len = host_prefix_len(addr);
+        let message = match addr {
+            IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(ifindex)
+                .address(v4, prefix_len)
+                .build(),
+            IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(ifindex)
+                .address(v6, prefix_len)
+                .build(),
+        };
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => {
+                tracing::debug!(ifindex, %addr, "deleted address");
+                Ok(())
+            }
+            Err(source) => match errno(&source) {
+                Some(libc::EADDRNOTAVAIL) => Ok(()),
+                Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
+                _ => Err(NetlinkError::DelAddress {
+                    ifindex,
+                    addr,
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// The usable neighbours of interface `ifindex`, IPv4 and IPv6: entries in state
+    /// `REACHABLE`, `STALE`, `DELAY`, `PROBE`, `PERMANENT` or `NOARP` that carry a 6-byte
+    /// link-layer address. Multicast and broadcast mappings (`NOARP` entries for groups
+    /// such as ff02::1) are left out. An unknown `ifindex` simply has no neighbours.
+    pub async fn neighbours(&self, ifindex: u32) -> Result<HashMap<IpAddr, [u8; 6]>, NetlinkError> {
+        let messages: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Unspec)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::ListNeighbours { ifindex, source })?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.ifindex == ifindex)
+            .filter_map(usable_neighbour)
+            .collect())
+    }
+
+    /// Makes the kernel resolve `addr` on interface `ifindex` (ARP or neighbour
+    /// discovery) and keep it resolved, by installing a managed neighbour entry (see the
+    /// module documentation). Returns once the entry is installed, not once it is
+    /// resolved; poll [`Netlink::neighbours`] for the MAC.
+    ///
+    /// A `PERMANENT` or `NOARP` entry already present is left as it is.
+    pub async fn resolve(&self, ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+        if let Some(existing) = self.neighbour(ifindex, addr).await? {
+            if matches!(
+                existing.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            ) {
+                tracing::debug!(
+                    ifindex, %addr, state = %existing.header.state,
+                    "static neighbour entry, leaving it alone"
+                );
+                return Ok(());
+            }
+        }
+        let mut request = self
+            .handle
+            .neighbours()
+            .add(ifindex, addr)
+            .state(NeighbourState::None)
+            .replace();
+        request
+            .message_mut()
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        request
+            .execute()
+            .await
+            .map_err(|source| match errno(&source) {
+                Some(libc::ENODEV) => NetlinkError::NoSuchIfindex { ifindex },
+                _ => NetlinkError::Resolve {
+                    ifindex,
+                    addr,
+                    source,
+                },
+            })?;
+        tracing::debug!(ifindex, %addr, "installed managed neighbour entry");
+        Ok(())
+    }
+
+    /// Undoes [`Netlink::resolve`]: deletes the neighbour entry for `addr` on interface
+    /// `ifindex` if it is a managed one. No entry, or an entry without the managed flag
+    /// (learned by the kernel, or configured by someone else), is left alone and is not
+    /// an error.
+    pub async fn forget(&self, ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+        let Some(existing) = self.neighbour(ifindex, addr).await? else {
+            return Ok(());
+        };
+        if !ext_flags(&existing).contains(NeighbourExtFlags::Managed) {
+            tracing::debug!(ifindex, %addr, "neighbour entry is not managed, leaving it alone");
+            return Ok(());
+        }
+        let mut message = NeighbourMessage::default();
+        message.header.family = existing.header.family;
+        message.header.ifindex = ifindex;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => {
+                tracing::debug!(ifindex, %addr, "deleted managed neighbour entry");
+                Ok(())
+            }
+            Err(source) => match errno(&source) {
+                Some(libc::ENOENT) => Ok(()),
+                Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
+                _ => Err(NetlinkError::Forget {
+                    ifindex,
+                    addr,
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// The neighbour entry for `addr` on interface `ifindex`, if there is one
+    /// (a single `RTM_GETNEIGH`, not a dump; Linux ≥ 5.0).
+    async fn neighbour(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<Option<NeighbourMessage>, NetlinkError> {
+        let get_error = |source| NetlinkError::GetNeighbour {
+            ifindex,
+            addr,
+            source,
+        };
+        let mut query = NeighbourMessage::default();
+        query.header.family = address_family(addr);
+        query.header.ifindex = ifindex;
+        query
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(query));
+        request.header.flags = NLM_F_REQUEST;
+
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(request).map_err(get_error)?;
+        let mut found = None;
+        while let Some(response) = responses.next().await {
+            let (header, payload) = response.into_parts();
+            match payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
+                    found = Some(m)
+                }
+                NetlinkPayload::Error(e) if e.code.is_none() => {}
+                NetlinkPayload::Error(e) => {
+                    let source = rtnetlink::Error::NetlinkError(e);
+                    return match errno(&source) {
+                        Some(libc::ENOENT) => Ok(None),
+                        Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
+                        _ => Err(get_error(source)),
+                    };
+                }
+                payload => {
+                    return Err(get_error(rtnetlink::Error::UnexpectedMessage(
+                        NetlinkMessage::new(header, payload),
+                    )))
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Does `addr` fall inside one of the link's subnets (for validating backends are on-link)?
+///
+/// Only addresses of the same family count; a /32 or /128 (such as a VIP) contains just
+/// itself, and a /0 contains everything of its family.
+pub fn on_link(link: &Link, addr: IpAddr) -> bool {
+    link.addrs
+        .iter()
+        .any(|&(net, prefix_len)| in_prefix(net, prefix_len, addr))
+}
+
+/// Whether `addr` lies in `net`/`prefix_len`.
+fn in_prefix(net: IpAddr, prefix_len: u8, addr: IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(net), IpAddr::V4(addr)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len.min(32)))
+                .unwrap_or(0);
+            u32::from(net) & mask == u32::from(addr) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(addr)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len.min(128)))
+                .unwrap_or(0);
+            u128::from(net) & mask == u128::from(addr) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The prefix length of a single-host address: 32 or 128.
+fn host_prefix_len(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn address_family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn neighbour_address(addr: IpAddr) -> NeighbourAddress {
+    match addr {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+/// The positive errno of a kernel error reply, if `error` is one.
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|code| code.get().abs()),
+        _ => None,
+    }
+}
+
+/// The address an `RTM_NEWADDR` message configures, with its prefix length.
+///
+/// `IFA_LOCAL` is the interface's own address; `IFA_ADDRESS` is the same except on
+/// point-to-point links (where it is the peer), and is the only one IPv6 usually sends.
+fn configured_address(message: &AddressMessage) -> Option<(IpAddr, u8)> {
+    let mut local = None;
+    let mut address = None;
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(a) => local = Some(*a),
+            AddressAttribute::Address(a) => address = Some(*a),
+            _ => {}
+        }
+    }
+    let addr = local.or(address)?;
+    let family_matches = matches!(
+        (message.header.family, addr),
+        (AddressFamily::Inet, IpAddr::V4(_)) | (AddressFamily::Inet6, IpAddr::V6(_))
+    );
+    family_matches.then_some((addr, message.header.prefix_len))
+}
+
+/// The `NDA_FLAGS_EXT` flags of a neighbour entry (empty when the attribute is absent).
+fn ext_flags(message: &NeighbourMessage) -> NeighbourExtFlags {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            NeighbourAttribute::ExtFlags(f) => Some(*f),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The IP and MAC of a neighbour entry that can be used to forward to, if it is one:
+/// a usable state, a unicast IP and a 6-byte unicast link-layer address.
+fn usable_neighbour(message: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
+    const USABLE: u16 = 0x02 // NUD_REACHABLE
+        | 0x04 // NUD_STALE
+        | 0x08 // NUD_DELAY
+        | 0x10 // NUD_PROBE
+        | 0x40 // NUD_NOARP
+        | 0x80; // NUD_PERMANENT
+    if u16::from(message.header.state) & USABLE == 0 {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6))
+            }
+            NeighbourAttribute::LinkLayerAddress(lladdr) => {
+                mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok()
+            }
+            _ => {}
+        }
+    }
+    let (ip, mac) = (ip?, mac?);
+    // NOARP entries also map multicast and broadcast groups (ff02::1 -> 33:33:00:00:00:01);
+    // those are never a host to forward to.
+    let unicast = !ip.is_multicast() && ip != IpAddr::V4(Ipv4Addr::BROADCAST) && mac[0] & 1 == 0;
+    unicast.then_some((ip, mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(addrs: &[(&str, u8)]) -> Link {
+        Link {
+            index: 2,
+            name: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            addrs: addrs
+                .iter()
+                .map(|(a, p)| (a.parse().unwrap(), *p))
+                .collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn on_link_v4() {
+        let l = link(&[("10.1.2.3", 24), ("172.16.5.9", 12), ("192.0.2.100", 32)]);
+        assert!(on_link(&l, ip("10.1.2.1")));
+        assert!(on_link(&l, ip("10.1.2.255")));
+        assert!(!on_link(&l, ip("10.1.3.1")));
+        assert!(on_link(&l, ip("172.31.255.254")));
+        assert!(on_link(&l, ip("172.16.0.1")));
+        assert!(!on_link(&l, ip("172.32.0.1")));
+        assert!(on_link(&l, ip("192.0.2.100")));
+        assert!(!on_link(&l, ip("192.0.2.101")));
+        assert!(!on_link(&l, ip("::ffff:10.1.2.1")));
+    }
+
+    #[test]
+    fn on_link_v4_odd_prefixes() {
+        assert!(on_link(&link(&[("10.0.0.5", 31)]), ip("10.0.0.4")));
+        assert!(!on_link(&link(&[("10.0.0.5", 31)]), ip("10.0.0.6")));
+        assert!(on_link(&link(&[("10.0.0.5", 0)]), ip("203.0.113.7")));
+        assert!(on_link(&link(&[("10.0.0.5", 1)]), ip("127.0.0.1")));
+        assert!(!on_link(&link(&[("10.0.0.5", 1)]), ip("128.0.0.1")));
+        assert!(on_link(&link(&[("10.0.0.5", 27)]), ip("10.0.0.31")));
+        assert!(!on_link(&link(&[("10.0.0.5", 27)]), ip("10.0.0.32")));
+    }
+
+    #[test]
+    fn on_link_v6() {
+        let l = link(&[
+            ("2001:db8:1::10", 64),
+            ("fe80::1", 64),
+            ("2001:db8:ff::", 48),
+            ("2001:db8::100", 128),
+        ]);
+        assert!(on_link(&l, ip("2001:db8:1::1")));
+        assert!(on_link(&l, ip("2001:db8:1:0:ffff:ffff:ffff:ffff")));
+        assert!(!on_link(&l, ip("2001:db8:1:1::1")));
+        assert!(on_link(&l, ip("fe80::abcd")));
+        assert!(on_link(&l, ip("2001:db8:ff:1234::1")));
+        assert!(!on_link(&l, ip("2001:db8:fe::1")));
+        assert!(on_link(&l, ip("2001:db8::100")));
+        assert!(!on_link(&l, ip("2001:db8::101")));
+        assert!(!on_link(&l, ip("10.0.0.1")));
+        assert!(on_link(&link(&[("2001:db8::1", 0)]), ip("2001:4860::8888")));
+        assert!(on_link(&link(&[("2001:db8::1", 127)]), ip("2001:db8::")));
+        assert!(!on_link(&link(&[("2001:db8::1", 127)]), ip("2001:db8::2")));
+        assert!(on_link(
+            &link(&[("2001:db8::1", 65)]),
+            ip("2001:db8::7fff:0:0:1")
+        ));
+        assert!(!on_link(
+            &link(&[("2001:db8::1", 65)]),
+            ip("2001:db8::8000:0:0:1")
+        ));
+    }
+
+    #[test]
+    fn on_link_empty() {
+        assert!(!on_link(&link(&[]), ip("10.0.0.1")));
+        assert!(!on_link(&link(&[]), ip("::1")));
+    }
+
+    #[test]
+    fn usable_neighbour_filters_states_and_lladdr() {
+        let entry = |state, lladdr: Vec<u8>| {
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Inet;
+            m.header.state = state;
+            m.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    Ipv4Addr::new(192, 0, 2, 7),
+                )));
+            if !lladdr.is_empty() {
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(lladdr));
+            }
+            m
+        };
+        let mac = vec![2, 0, 0, 0, 0, 7];
+        for state in [
+            NeighbourState::Reachable,
+            NeighbourState::Stale,
+            NeighbourState::Delay,
+            NeighbourState::Probe,
+            NeighbourState::Permanent,
+            NeighbourState::Noarp,
+        ] {
+            assert_eq!(
+                usable_neighbour(&entry(state, mac.clone())),
+                Some((ip("192.0.2.7"), [2, 0, 0, 0, 0, 7])),
+                "{state}"
+            );
+        }
+        for state in [
+            NeighbourState::Incomplete,
+            NeighbourState::Failed,
+            NeighbourState::None,
+        ] {
+            assert_eq!(
+                usable_neighbour(&entry(state, mac.clone())),
+                None,
+                "{state}"
+            );
+        }
+        assert_eq!(
+            usable_neighbour(&entry(NeighbourState::Reachable, vec![])),
+            None
+        );
+        assert_eq!(
+            usable_neighbour(&entry(NeighbourState::Reachable, vec![1, 2, 3, 4])),
+            None
+        );
+        // Multicast group mappings (NOARP entries) are not neighbours.
+        assert_eq!(
+            usable_neighbour(&entry(NeighbourState::Noarp, vec![1, 0, 0x5e, 0, 0, 1])),
+            None
+        );
+        let mut group = entry(NeighbourState::Noarp, vec![0x33, 0x33, 0, 0, 0, 0x16]);
+        group.header.family = AddressFamily::Inet6;
+        group.attributes[0] =
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6("ff02::16".parse().unwrap()));
+        assert_eq!(usable_neighbour(&group), None);
+    }
+}

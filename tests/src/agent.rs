@@ -1,0 +1,158 @@
+//! Runs the real `lb-agent` binary inside the lab's LB namespace and watches its
+//! pinned maps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{Backend, Counter, VipKey, VipMeta, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_REASONS, MAP_VIPS};
+
+use crate::lab::Lab;
+use crate::netns::command_in;
+
+/// The `lb-agent` binary: `LB_AGENT_BIN`, or next to this executable (target/<profile>/).
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("lb-agent");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("lb-agent binary not found next to {} (run `cargo build --release -p lb-agent`, or set LB_AGENT_BIN)", exe.display())
+}
+
+pub struct Agent {
+    child: Child,
+    pub pin_dir: PathBuf,
+    pin_root: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Starts `lb-agent --iface eth0 --config <file> <extra>` in the lab's LB namespace.
+    pub fn start(lab: &Lab, config_toml: &str, extra: &[&str]) -> Result<Agent> {
+        let dir = std::env::temp_dir().join(format!("{}-agent", lab.prefix));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("lb.toml");
+        std::fs::write(&config, config_toml)?;
+        let log = dir.join("agent.log");
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", lab.prefix));
+        let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
+        cmd.args(["--iface", "eth0", "--config"]).arg(&config).arg("--pin-root").arg(&pin_root).args(extra);
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).env("LB_LOG", "info");
+        let child = cmd.spawn().context("starting lb-agent")?;
+        Ok(Agent { child, pin_dir: pin_root.join("eth0"), pin_root, log, config })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the pinned maps hold `vips` VIPs and `active` active backends.
+    pub fn wait_programmed(&mut self, vips: usize, active: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lb-agent exited ({status}):\n{}", self.log_text());
+            }
+            if let Ok(m) = PinnedMaps::open(&self.pin_dir) {
+                if m.vip_count()? == vips && m.active_backends()? == active {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("lb-agent did not program {vips} VIPs / {active} backends in 20 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Rewrites the config file and sends SIGHUP.
+    pub fn reload(&self, config_toml: &str) -> Result<()> {
+        std::fs::write(&self.config, config_toml)?;
+        self.signal(libc::SIGHUP)
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        // SAFETY: sending a signal to our own child.
+        if unsafe { libc::kill(self.child.id() as i32, sig) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("lb-agent did not stop on SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// Read-only handles on an agent's pinned maps.
+pub struct PinnedMaps {
+    pub vips: HashMap<MapData, VipKey, VipMeta>,
+    pub backends: Array<MapData, Backend>,
+    pub reasons: PerCpuArray<MapData, Counter>,
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &Path) -> Result<PinnedMaps> {
+        let data = |name: &str| MapData::from_pin(dir.join(name)).with_context(|| format!("pinned map {name}"));
+        Ok(PinnedMaps {
+            vips: Map::HashMap(data(MAP_VIPS)?).try_into()?,
+            backends: Map::Array(data(MAP_BACKENDS)?).try_into()?,
+            reasons: Map::PerCpuArray(data(MAP_REASONS)?).try_into()?,
+        })
+    }
+    pub fn vip_count(&self) -> Result<usize> {
+        Ok(self.vips.keys().collect::<Result<Vec<_>, _>>()?.len())
+    }
+    pub fn active_backends(&self) -> Result<usize> {
+        let mut n = 0;
+        for b in self.backends.iter() {
+            n += usize::from(b?.flags & BACKEND_F_ACTIVE != 0);
+        }
+        Ok(n)
+    }
+    /// Packets counted for a verdict reason.
+    pub fn reason(&self, index: u32) -> Result<u64> {
+        Ok(lb_agent::stats::read(&self.reasons, index)?.packets)
+    }
+    /// The active backends' (address, MAC).
+    pub fn backend_list(&self) -> Result<Vec<Backend>> {
+        let mut v = vec![];
+        for b in self.backends.iter() {
+            let b = b?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                v.push(b);
+            }
+        }
+        Ok(v)
+    }
+}
