@@ -97,6 +97,8 @@ fn add_cargo_bin_to_path() {
 
 fn run_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
     setup::run()?;
+    // The demo and the benchmarks start the real agent binary.
+    cmd::run(cmd::cargo().current_dir(root).args(["build", "--release", "-p", "lb-agent"]))?;
     cmd::run(
         cmd::cargo()
             .current_dir(root)

@@ -27,6 +27,9 @@ pub fn run(root: &Path) -> Result<()> {
         "lb-common",
     ]))?;
 
+    // The namespace tests run the real agent binary, found next to the test executables.
+    cmd::run(cmd::cargo().current_dir(root).args(["build", "--release", "-p", "lb-agent"]))?;
+
     let skip_log = fresh_skip_log()?;
     let mut privileged = cmd::cargo();
     privileged
