@@ -53,6 +53,9 @@ struct Agent {
     /// Backends whose neighbour entry this agent asked the kernel to resolve.
     resolving: BTreeSet<IpAddr>,
     unresolved_reported: BTreeSet<IpAddr>,
+    /// Last MAC seen per backend: a managed neighbour entry is briefly FAILED while it
+    /// re-resolves after a MAC change, and traffic should not stop meanwhile.
+    last_mac: BTreeMap<IpAddr, [u8; 6]>,
 }
 
 /// Checks the parts of the config that depend on this host, before anything is touched.
@@ -92,6 +95,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         added: BTreeSet::new(),
         resolving: BTreeSet::new(),
         unresolved_reported: BTreeSet::new(),
+        last_mac: BTreeMap::new(),
     };
     let result = agent.serve(&opts).await;
     agent.cleanup().await;
@@ -174,12 +178,21 @@ impl Agent {
     }
 
     fn snapshot(&mut self, neigh: &std::collections::HashMap<IpAddr, [u8; 6]>) -> Snapshot {
+        let wanted: BTreeSet<IpAddr> = self.desired.vips.values().flatten().map(|b| b.addr).collect();
+        self.last_mac.retain(|a, _| wanted.contains(a));
+        for addr in &wanted {
+            if let Some(mac) = neigh.get(addr) {
+                if self.last_mac.insert(*addr, *mac).is_some_and(|old| old != *mac) {
+                    info!(backend = %addr, "backend's MAC changed");
+                }
+            }
+        }
         let mut vips = BTreeMap::new();
         for (vip, backends) in &self.desired.vips {
             let snap: Vec<SnapBackend> = backends
                 .iter()
                 .map(|b| {
-                    let mac = neigh.get(&b.addr).copied();
+                    let mac = self.last_mac.get(&b.addr).copied();
                     if mac.is_none() && self.unresolved_reported.insert(b.addr) {
                         warn!(backend = %b.addr, %vip, "backend's MAC not resolved yet: no traffic for it until it is");
                     } else if mac.is_some() && self.unresolved_reported.remove(&b.addr) {

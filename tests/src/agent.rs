@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use lb_common::{Backend, Counter, VipKey, VipMeta, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_REASONS, MAP_VIPS};
+use lb_common::{
+    Backend, Counter, VipKey, VipMeta, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REASONS, MAP_VIPS,
+};
 
 use crate::lab::Lab;
 use crate::netns::command_in;
@@ -119,6 +121,7 @@ pub struct PinnedMaps {
     pub vips: HashMap<MapData, VipKey, VipMeta>,
     pub backends: Array<MapData, Backend>,
     pub reasons: PerCpuArray<MapData, Counter>,
+    pub backend_stats: PerCpuArray<MapData, Counter>,
 }
 
 impl PinnedMaps {
@@ -128,6 +131,7 @@ impl PinnedMaps {
             vips: Map::HashMap(data(MAP_VIPS)?).try_into()?,
             backends: Map::Array(data(MAP_BACKENDS)?).try_into()?,
             reasons: Map::PerCpuArray(data(MAP_REASONS)?).try_into()?,
+            backend_stats: Map::PerCpuArray(data(MAP_BACKEND_STATS)?).try_into()?,
         })
     }
     pub fn vip_count(&self) -> Result<usize> {
@@ -144,15 +148,19 @@ impl PinnedMaps {
     pub fn reason(&self, index: u32) -> Result<u64> {
         Ok(lb_agent::stats::read(&self.reasons, index)?.packets)
     }
-    /// The active backends' (address, MAC).
-    pub fn backend_list(&self) -> Result<Vec<Backend>> {
+    /// The active backends with their ids.
+    pub fn backend_list(&self) -> Result<Vec<(u32, Backend)>> {
         let mut v = vec![];
-        for b in self.backends.iter() {
+        for (id, b) in self.backends.iter().enumerate() {
             let b = b?;
             if b.flags & BACKEND_F_ACTIVE != 0 {
-                v.push(b);
+                v.push((id as u32, b));
             }
         }
         Ok(v)
+    }
+    /// Packets and bytes a backend id was sent.
+    pub fn backend_counter(&self, id: u32) -> Result<Counter> {
+        Ok(lb_agent::stats::read(&self.backend_stats, id)?)
     }
 }
