@@ -14,9 +14,7 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 /// Builds `lb-ebpf` (release, with BTF) into `target_dir` and returns the object's path.
 pub fn build(lb_ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     if !Path::new(BPF_RUSTC).exists() {
-        return Err(format!(
-            "{BPF_RUSTC} is missing: the eBPF toolchain is not installed (run `cargo xtask setup`)"
-        ));
+        return Err(format!("{BPF_RUSTC} is missing: the eBPF toolchain is not installed (run `cargo xtask setup`)"));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -33,17 +31,10 @@ pub fn build(lb_ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
             cmd.env_remove(key.as_ref());
         }
     }
-    for key in [
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "RUSTFLAGS_BOOTSTRAP",
-    ] {
+    for key in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTDOC", "RUSTFLAGS_BOOTSTRAP"] {
         cmd.env_remove(key);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo for lb-ebpf: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("cannot run cargo for lb-ebpf: {e}"))?;
     if !status.success() {
         return Err(format!("building lb-ebpf failed ({status})"));
     }

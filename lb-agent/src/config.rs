@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{BackendSpec, Desired, Vip, VipSyntax, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::model::{BackendSpec, Desired, Vip, VipSpec, VipSyntax, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::ramp::RampPolicy;
 
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
@@ -35,6 +36,11 @@ pub struct RawVip {
     pub origin: String,
     pub address: String,
     pub backends: Vec<RawBackend>,
+    /// Optional per-VIP settings (config file only), as written.
+    pub ramp_step: Option<String>,
+    pub ramp_interval: Option<String>,
+    pub session_affinity: Option<String>,
+    pub affinity_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub struct RawBackend {
     pub origin: String,
     pub address: String,
     pub weight: Option<String>,
+    pub start_progress: Option<String>,
+    pub draining: bool,
 }
 
 /// What is wrong with one field.
@@ -64,6 +72,12 @@ pub enum Problem {
     Orphan,
     #[error("is required (or `iface` in the config file)")]
     Missing,
+    #[error("must be a whole number of percent from {min} to 100")]
+    Percent { min: u32 },
+    #[error("must be a duration such as 500ms, 10s, 5m or 3h (a bare number is seconds)")]
+    Duration,
+    #[error("must be ClientIP or None")]
+    Affinity,
     #[error("must be a prime of at least 3 (Maglev needs every skip to visit every slot)")]
     NotPrime,
     #[error("must be at least 1")]
@@ -125,6 +139,10 @@ pub struct FileVip {
     pub address: String,
     #[serde(default)]
     pub backend: Vec<FileBackend>,
+    pub ramp_step: Option<toml::Value>,
+    pub ramp_interval: Option<toml::Value>,
+    pub session_affinity: Option<toml::Value>,
+    pub affinity_timeout: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +150,35 @@ pub struct FileVip {
 pub struct FileBackend {
     pub address: String,
     pub weight: Option<toml::Value>,
+    pub start_progress: Option<toml::Value>,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// A TOML scalar as the text a user would have written.
+fn text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `3h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(n.checked_mul(unit_ms)?))
 }
 
 /// Reads a config file into raw VIPs (validation happens in `validate_vips`).
@@ -155,12 +202,15 @@ impl FileConfig {
                     .map(|(j, b)| RawBackend {
                         origin: format!("vip[{i}].backend[{j}]"),
                         address: b.address.clone(),
-                        weight: b.weight.as_ref().map(|w| match w {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        }),
+                        weight: b.weight.as_ref().map(text),
+                        start_progress: b.start_progress.as_ref().map(text),
+                        draining: b.draining,
                     })
                     .collect(),
+                ramp_step: v.ramp_step.as_ref().map(text),
+                ramp_interval: v.ramp_interval.as_ref().map(text),
+                session_affinity: v.session_affinity.as_ref().map(text),
+                affinity_timeout: v.affinity_timeout.as_ref().map(text),
             })
             .collect()
     }
@@ -171,7 +221,7 @@ impl FileConfig {
 pub fn group_flags(vips: &[(usize, String)], backends: &[(usize, String)]) -> Result<Vec<RawVip>, FieldError> {
     let mut out: Vec<(usize, RawVip)> = vips
         .iter()
-        .map(|(i, v)| (*i, RawVip { origin: "--vip".into(), address: v.clone(), backends: vec![] }))
+        .map(|(i, v)| (*i, RawVip { origin: "--vip".into(), address: v.clone(), ..RawVip::default() }))
         .collect();
     for (pos, b) in backends {
         let owner = out.iter_mut().rev().find(|(i, _)| i < pos);
@@ -182,21 +232,68 @@ pub fn group_flags(vips: &[(usize, String)], backends: &[(usize, String)]) -> Re
             Some((a, w)) => (a.to_string(), Some(w.to_string())),
             None => (b.clone(), None),
         };
-        vip.backends.push(RawBackend { origin: "--backend".into(), address, weight });
+        vip.backends.push(RawBackend {
+            origin: "--backend".into(),
+            address,
+            weight,
+            start_progress: None,
+            draining: false,
+        });
     }
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
 
+/// The per-VIP settings: ramp override and affinity.
+fn vip_settings(raw: &RawVip) -> Result<(Option<RampPolicy>, u32), FieldError> {
+    let field = |name: &str| raw.origin.replace(".address", &format!(".{name}"));
+    let default = RampPolicy::default();
+    let step = match &raw.ramp_step {
+        None => None,
+        Some(s) => match s.trim().parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Some(n),
+            _ => return Err(FieldError::new(field("ramp_step"), s, Problem::Percent { min: 1 })),
+        },
+    };
+    let interval = match &raw.ramp_interval {
+        None => None,
+        Some(s) => match parse_duration(s) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => return Err(FieldError::new(field("ramp_interval"), s, Problem::Duration)),
+        },
+    };
+    let ramp = (step.is_some() || interval.is_some())
+        .then(|| RampPolicy { step: step.unwrap_or(default.step), interval: interval.unwrap_or(default.interval) });
+    let affinity = match raw.session_affinity.as_deref().map(str::trim) {
+        None | Some("None") => false,
+        Some("ClientIP") => true,
+        Some(other) => return Err(FieldError::new(field("session_affinity"), other, Problem::Affinity)),
+    };
+    let timeout = match (&raw.affinity_timeout, affinity) {
+        (_, false) => 0,
+        (None, true) => DEFAULT_AFFINITY_TIMEOUT_S,
+        (Some(s), true) => match parse_duration(s) {
+            Some(d) if d.as_secs() >= 1 && d.as_secs() <= u32::MAX as u64 => d.as_secs() as u32,
+            _ => return Err(FieldError::new(field("affinity_timeout"), s, Problem::Duration)),
+        },
+    };
+    Ok((ramp, timeout))
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
 /// Validates one VIP and its backends.
-pub fn validate_vip(raw: &RawVip) -> Result<(Vip, Vec<BackendSpec>), FieldError> {
-    let vip: Vip = raw.address.trim().parse().map_err(|e| FieldError::new(&raw.origin, &raw.address, Problem::Vip(e)))?;
+pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
+    let vip: Vip =
+        raw.address.trim().parse().map_err(|e| FieldError::new(&raw.origin, &raw.address, Problem::Vip(e)))?;
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(raw.backends.len());
     for b in &raw.backends {
         let shown = match &b.weight {
             Some(w) => format!("{}={w}", b.address),
             None => b.address.clone(),
         };
-        let addr: IpAddr = b.address.trim().parse().map_err(|_| FieldError::new(&b.origin, &shown, Problem::Address))?;
+        let addr: IpAddr =
+            b.address.trim().parse().map_err(|_| FieldError::new(&b.origin, &shown, Problem::Address))?;
         let weight = match &b.weight {
             None => DEFAULT_WEIGHT,
             Some(w) => match w.trim().parse::<u32>() {
@@ -211,9 +308,19 @@ pub fn validate_vip(raw: &RawVip) -> Result<(Vip, Vec<BackendSpec>), FieldError>
         if backends.iter().any(|x| x.addr == addr) {
             return Err(FieldError::new(&b.origin, &shown, Problem::DuplicateBackend));
         }
-        backends.push(BackendSpec { addr, weight });
+        let start_progress = match &b.start_progress {
+            None => None,
+            Some(p) => match p.trim().parse::<u32>() {
+                Ok(n) if n <= 100 => Some(n),
+                _ => {
+                    return Err(FieldError::new(format!("{}.start_progress", b.origin), p, Problem::Percent { min: 0 }))
+                }
+            },
+        };
+        backends.push(BackendSpec { addr, weight, start_progress, draining: b.draining });
     }
-    Ok((vip, backends))
+    let (ramp, affinity_timeout_s) = vip_settings(raw)?;
+    Ok((vip, VipSpec { backends, ramp, affinity_timeout_s }))
 }
 
 /// Validates every VIP. Returns the valid ones and an error for each invalid one, so
@@ -223,13 +330,14 @@ pub fn validate_vips(raw: &[RawVip]) -> (Desired, Vec<FieldError>) {
     let mut errors = Vec::new();
     for r in raw {
         match validate_vip(r) {
-            Ok((vip, backends)) => {
-                if vips.contains_key(&vip) {
-                    errors.push(FieldError::new(&r.origin, &r.address, Problem::DuplicateVip));
-                } else {
-                    vips.insert(vip, backends);
+            Ok((vip, spec)) => match vips.entry(vip) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    errors.push(FieldError::new(&r.origin, &r.address, Problem::DuplicateVip))
                 }
-            }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(spec);
+                }
+            },
             Err(e) => errors.push(e),
         }
     }

@@ -5,8 +5,12 @@ use std::fmt;
 use std::net::IpAddr;
 
 use aya::maps::MapError;
-use lb_common::{hash, maglev, Backend, FlowKey, TableEntry, VipMeta, BACKEND_F_ACTIVE, NO_BACKEND, VIP_F_NO_BACKENDS};
+use lb_common::{
+    hash, maglev, Backend, FlowKey, TableEntry, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, NO_BACKEND,
+    VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
+};
 
+use crate::dataplane::xdp::monotonic_coarse_ns;
 use crate::loader::Maps;
 use crate::model::{addr_bytes, family, Protocol, Vip};
 
@@ -62,15 +66,14 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
     if meta.flags & VIP_F_NO_BACKENDS != 0 {
         return Ok(Explanation::none(Reason::NoBackend, Some(meta.id)));
     }
-    let h = hash::flow_hash(
-        family(q.vip.addr),
-        &addr_bytes(q.src),
-        &addr_bytes(q.vip.addr),
-        q.src_port.to_be(),
-        q.vip.port.to_be(),
-        q.vip.proto.number(),
-        seed,
-    );
+    let affinity = meta.flags & VIP_F_AFFINITY != 0;
+    let (s, d) = (hash::addr_words(&addr_bytes(q.src)), hash::addr_words(&addr_bytes(q.vip.addr)));
+    let ports = hash::vip_ports_word(affinity, q.src_port.to_be(), q.vip.port.to_be());
+    let h = if family(q.vip.addr) == lb_common::FAMILY_V4 {
+        hash::flow_hash_v4(s[0], d[0], ports, q.vip.proto.number(), seed)
+    } else {
+        hash::flow_hash_v6(&s, &d, ports, q.vip.proto.number(), seed)
+    };
     let slot = maglev::slot_of(h, maps.tables.table_size());
     let entry = maps.tables.get(meta.id, meta.half, slot);
     let active = |id: u32| -> Result<Option<Backend>, MapError> {
@@ -83,13 +86,23 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
     let (id, reason) = if entry.backend == entry.prev {
         (entry.backend, Reason::Stable)
     } else {
-        let key = FlowKey { src_addr: addr_bytes(q.src), vip_id: meta.id, src_port_be: q.src_port.to_be(), _pad: 0 };
-        let pinned = if q.syn {
+        let src_port_be = if affinity { 0 } else { q.src_port.to_be() };
+        let key = FlowKey { src_addr: addr_bytes(q.src), vip_id: meta.id, src_port_be, _pad: 0 };
+        let timeout = if affinity { meta.affinity_timeout_s } else { 0 };
+        let pinned = if !affinity && q.syn {
             None
         } else {
             match maps.flows.get(&key, 0) {
-                Ok(v) if active(v.backend)?.is_some() => Some(v.backend),
-                Ok(_) | Err(MapError::KeyNotFound) => None,
+                Ok(v) => {
+                    let b = active(v.backend)?;
+                    let pin = maglev::Pin {
+                        active: b.is_some(),
+                        draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
+                        age_ns: monotonic_coarse_ns().saturating_sub(v.last_seen_ns),
+                    };
+                    maglev::pin_usable(timeout, q.syn, &pin).then_some(v.backend)
+                }
+                Err(MapError::KeyNotFound) => None,
                 Err(e) => return Err(e),
             }
         };
@@ -105,7 +118,14 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
     };
     let backend = if id == NO_BACKEND { None } else { active(id)? };
     let reason = if backend.is_none() { Reason::NoBackend } else { reason };
-    Ok(Explanation { reason, vip_id: Some(meta.id), slot: Some(slot), entry: Some(entry), backend_id: Some(id).filter(|&i| i != NO_BACKEND), backend })
+    Ok(Explanation {
+        reason,
+        vip_id: Some(meta.id),
+        slot: Some(slot),
+        entry: Some(entry),
+        backend_id: Some(id).filter(|&i| i != NO_BACKEND),
+        backend,
+    })
 }
 
 impl fmt::Display for Explanation {

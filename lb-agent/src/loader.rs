@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
-    Backend, Counter, FlowKey, FlowValue, VipKey, VipMeta, ALL_MAPS, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_FLOWS,
+    Backend, Counter, FlowKey, FlowValue, Meta, Traffic, VipKey, VipMeta, ABI_VERSION, ALL_MAPS, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_META,
     MAP_REASONS, MAP_TABLES, MAP_VIPS, MAP_VIP_STATS, TABLE_HALVES,
 };
 
@@ -50,6 +52,51 @@ impl LoadOptions {
     pub fn table_entries(&self) -> u32 {
         self.max_vips * TABLE_HALVES * self.table_size
     }
+
+    /// What `META` records for maps created with these options.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            abi_version: ABI_VERSION,
+            table_size: self.table_size,
+            hash_seed: self.hash_seed,
+            max_vips: self.max_vips,
+            max_backends: self.max_backends,
+            max_flows: self.max_flows,
+        }
+    }
+}
+
+/// Where an agent pins its maps: `<pin_dir>/maps-v<ABI>/`.
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("maps-v{ABI_VERSION}"))
+}
+
+/// Where an agent pins its XDP link: `<pin_dir>/link`.
+pub fn link_path(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("link")
+}
+
+/// What became of the maps pinned by an earlier agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapsOrigin {
+    /// Nothing was pinned: new maps.
+    Fresh,
+    /// Pinned maps of the same ABI and settings: reused with their contents.
+    Adopted,
+    /// Pinned maps that cannot be reused (other settings, or unreadable): replaced.
+    Replaced { found: Option<Meta> },
+}
+
+/// Reads `META` of pinned maps, if there are any.
+pub fn read_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
+    let path = dir.join(MAP_META);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = MapData::from_pin(&path).map_err(|source| LoadError::Map { name: MAP_META, source })?;
+    let meta: Array<MapData, Meta> =
+        Map::Array(map).try_into().map_err(|source| LoadError::Map { name: MAP_META, source })?;
+    meta.get(&0, 0).map(Some).map_err(|source| LoadError::Map { name: MAP_META, source })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +119,14 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("pinning map {name} at {path}: {source}")]
-    Pin {
-        name: &'static str,
+    #[error("pinning the XDP link at {path}: {source}")]
+    PinLink {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("XDP link: {0}")]
+    Link(#[source] aya::programs::links::LinkError),
     #[error("preparing pin directory {path}: {source}")]
     PinDir {
         path: PathBuf,
@@ -103,8 +151,43 @@ pub struct Maps {
     pub tables: TableMem,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub reasons: PerCpuArray<MapData, Counter>,
-    pub vip_stats: PerCpuArray<MapData, Counter>,
-    pub backend_stats: PerCpuArray<MapData, Counter>,
+    pub vip_stats: PerCpuArray<MapData, Traffic>,
+    pub backend_stats: PerCpuArray<MapData, Traffic>,
+    pub meta: Array<MapData, Meta>,
+}
+
+impl Maps {
+    /// Opens the maps an agent pinned under `pin_dir` (works while no agent runs).
+    pub fn from_pinned(pin_dir: &Path) -> Result<(Maps, Meta), LoadError> {
+        let dir = maps_dir(pin_dir);
+        let meta = read_pinned_meta(&dir)?.ok_or(LoadError::MissingMap { name: MAP_META })?;
+        let open =
+            |name: &'static str| MapData::from_pin(dir.join(name)).map_err(|source| LoadError::Map { name, source });
+        macro_rules! typed {
+            ($variant:ident, $name:expr) => {
+                Map::$variant(open($name)?).try_into().map_err(|source| LoadError::Map { name: $name, source })?
+            };
+        }
+        let opts = LoadOptions {
+            table_size: meta.table_size,
+            max_vips: meta.max_vips,
+            max_backends: meta.max_backends,
+            max_flows: meta.max_flows,
+            hash_seed: meta.hash_seed,
+            lb_mac: [0; 6],
+        };
+        let maps = Maps {
+            vips: typed!(HashMap, MAP_VIPS),
+            backends: typed!(Array, MAP_BACKENDS),
+            tables: TableMem::map(open(MAP_TABLES)?, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
+            flows: typed!(LruHashMap, MAP_FLOWS),
+            reasons: typed!(PerCpuArray, MAP_REASONS),
+            vip_stats: typed!(PerCpuArray, MAP_VIP_STATS),
+            backend_stats: typed!(PerCpuArray, MAP_BACKEND_STATS),
+            meta: typed!(Array, MAP_META),
+        };
+        Ok((maps, meta))
+    }
 }
 
 /// A loaded (not necessarily attached) balancer.
@@ -114,10 +197,43 @@ pub struct Loaded {
     pub opts: LoadOptions,
 }
 
-/// Loads and verifies both programs, sizes the maps, and pins them under `pin_dir`
-/// (replacing earlier pins) when given.
-pub fn load(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadError> {
-    let mut ebpf = EbpfLoader::new()
+/// Loads the programs over maps pinned under `maps_dir(pin_dir)`: pinned maps written
+/// with the same ABI and settings are adopted with their contents; otherwise they are
+/// replaced by new ones (and pinned there).
+pub fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<(Loaded, MapsOrigin), LoadError> {
+    let dir = maps_dir(pin_dir);
+    let origin = match read_pinned_meta(&dir) {
+        Ok(Some(m)) if m == opts.meta() => MapsOrigin::Adopted,
+        Ok(None) => MapsOrigin::Fresh,
+        Ok(found) => MapsOrigin::Replaced { found },
+        Err(e) => {
+            tracing::warn!(error = %e, "pinned maps unreadable; replacing them");
+            MapsOrigin::Replaced { found: None }
+        }
+    };
+    if origin != MapsOrigin::Adopted {
+        prepare_pin_dir(&dir)?;
+    }
+    let mut loaded = load_with(opts, Some(&dir))?;
+    if origin != MapsOrigin::Adopted {
+        loaded.maps.meta.set(0, opts.meta(), 0).map_err(|source| LoadError::Map { name: MAP_META, source })?;
+    }
+    Ok((loaded, origin))
+}
+
+/// Loads and verifies both programs with new, unpinned maps (tests, benchmarks).
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    load_with(opts, None)
+}
+
+fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in ALL_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .override_global("HASH_SEED", &opts.hash_seed, true)
         .override_global("TABLE_SIZE", &opts.table_size, true)
         .override_global("LB_MAC", &opts.lb_mac, true)
@@ -132,10 +248,7 @@ pub fn load(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadEr
     for name in [PROG_LB, PROG_PASS] {
         xdp_mut(&mut ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
     }
-    if let Some(dir) = pin_dir {
-        prepare_pin_dir(dir)?;
-    }
-    let maps = take_maps(&mut ebpf, pin_dir, opts)?;
+    let maps = take_maps(&mut ebpf, opts)?;
     Ok(Loaded { ebpf, maps, opts: opts.clone() })
 }
 
@@ -156,22 +269,17 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str, pin_dir: Option<&Path>) -> Result<Map, LoadError> {
-    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { name })?;
-    if let Some(dir) = pin_dir {
-        let path = dir.join(name);
-        map.pin(&path).map_err(|source| LoadError::Pin { name, path, source })?;
-    }
-    Ok(map)
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingMap { name })
 }
 
-fn take_maps(ebpf: &mut Ebpf, pin: Option<&Path>, opts: &LoadOptions) -> Result<Maps, LoadError> {
+fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, LoadError> {
     macro_rules! typed {
         ($name:expr) => {
-            take(ebpf, $name, pin)?.try_into().map_err(|source| LoadError::Map { name: $name, source })?
+            take(ebpf, $name)?.try_into().map_err(|source| LoadError::Map { name: $name, source })?
         };
     }
-    let Map::Array(tables) = take(ebpf, MAP_TABLES, pin)? else {
+    let Map::Array(tables) = take(ebpf, MAP_TABLES)? else {
         return Err(LoadError::MissingMap { name: MAP_TABLES });
     };
     Ok(Maps {
@@ -182,6 +290,7 @@ fn take_maps(ebpf: &mut Ebpf, pin: Option<&Path>, opts: &LoadOptions) -> Result<
         reasons: typed!(MAP_REASONS),
         vip_stats: typed!(MAP_VIP_STATS),
         backend_stats: typed!(MAP_BACKEND_STATS),
+        meta: typed!(MAP_META),
     })
 }
 
@@ -191,19 +300,65 @@ pub fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp, LoadEr
     prog.try_into().map_err(|source| LoadError::Program { name, source })
 }
 
+/// How the program came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A new attachment in this mode, pinned.
+    New(XdpMode),
+    /// The pinned link of an earlier agent now runs this program (atomic replace).
+    Replaced,
+}
+
 impl Loaded {
-    /// Attaches the balancer to `iface`. `Auto` tries native XDP and falls back to
-    /// generic (skb) mode, logging why. Returns the mode in use.
+    /// Attaches the balancer to `iface` through a pinned link: if an earlier agent left
+    /// one, the new program replaces the old one in it atomically (traffic never stops);
+    /// otherwise a new link is created and pinned, so it outlives this process.
+    pub fn attach_pinned(&mut self, iface: &str, mode: XdpModeChoice, pin_dir: &Path) -> Result<Attachment, LoadError> {
+        let path = link_path(pin_dir);
+        if path.exists() {
+            match PinnedLink::from_pin(&path) {
+                Ok(pinned) => {
+                    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
+                    xdp_mut(&mut self.ebpf, PROG_LB)?
+                        .attach_to_link(link)
+                        .map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+                    return Ok(Attachment::Replaced);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "pinned XDP link unusable; attaching anew");
+                    std::fs::remove_file(&path).map_err(|source| LoadError::PinDir { path: path.clone(), source })?;
+                }
+            }
+        }
+        let (mode, id) = attach_program(&mut self.ebpf, PROG_LB, iface, mode)?;
+        let prog = xdp_mut(&mut self.ebpf, PROG_LB)?;
+        let link = prog.take_link(id).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+        let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
+        fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
+        Ok(Attachment::New(mode))
+    }
+
+    /// Attaches the balancer to `iface` for the life of this process (no pin). `Auto`
+    /// tries native XDP and falls back to generic (skb) mode, logging why.
     pub fn attach(&mut self, iface: &str, mode: XdpModeChoice) -> Result<XdpMode, LoadError> {
-        attach_program(&mut self.ebpf, PROG_LB, iface, mode)
+        attach_program(&mut self.ebpf, PROG_LB, iface, mode).map(|(m, _)| m)
     }
 }
 
 /// Attaches one of the object's programs to `iface`.
-pub fn attach_program(ebpf: &mut Ebpf, name: &'static str, iface: &str, mode: XdpModeChoice) -> Result<XdpMode, LoadError> {
+pub fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpModeChoice,
+) -> Result<(XdpMode, XdpLinkId), LoadError> {
     let prog = xdp_mut(ebpf, name)?;
     let try_mode = |prog: &mut Xdp, mode: XdpMode, label: &'static str| {
-        prog.attach(iface, mode).map(|_| mode).map_err(|source| LoadError::Attach { iface: iface.into(), mode: label, source })
+        prog.attach(iface, mode).map(|id| (mode, id)).map_err(|source| LoadError::Attach {
+            iface: iface.into(),
+            mode: label,
+            source,
+        })
     };
     match mode {
         XdpModeChoice::Native => try_mode(prog, XdpMode::Driver, "native"),

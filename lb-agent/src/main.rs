@@ -1,12 +1,15 @@
-//! `lb-agent`: runs the load balancer on one interface.
+//! `lb-agent`: runs the load balancer on one interface, and inspects or removes it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lb_agent::agent::{self, AgentError, RunOptions};
-use lb_agent::config::{self, ConfigError, FieldError, Problem, XdpModeChoice};
+use lb_agent::config::{self, parse_duration, ConfigError, FieldError, Problem, XdpModeChoice};
 use lb_agent::loader::LoadOptions;
+use lb_agent::ramp::{DrainPolicy, RampPolicy};
 use lb_common::{maglev::is_prime, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
 
 /// EX_USAGE: bad input (a flag, a config field, an interface that does not exist).
@@ -17,8 +20,43 @@ const EXIT_USAGE: u8 = 64;
 /// Each --backend belongs to the --vip before it:
 ///   lb-agent --iface eth0 --vip 192.0.2.10:80/tcp --backend 10.0.0.2=3 --backend 10.0.0.3
 #[derive(Parser, Debug)]
-#[command(name = "lb-agent", version, verbatim_doc_comment)]
+#[command(name = "lb-agent", version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Detach the program and remove the pinned maps, the VIP addresses and the
+    /// neighbour entries an agent left in place (an agent's stop leaves them on purpose).
+    Cleanup {
+        #[arg(long, env = "LB_IFACE")]
+        iface: String,
+        #[arg(long, env = "LB_PIN_ROOT", default_value = "/sys/fs/bpf/lb")]
+        pin_root: PathBuf,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| "must be a duration such as 500ms, 10s, 5m or 3h".into())
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct MetricsAddr(Option<SocketAddr>);
+
+fn metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| "must be ADDRESS:PORT or off".into())
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// Interface to attach to and to put the VIP addresses on.
     #[arg(long, env = "LB_IFACE")]
     iface: Option<String>,
@@ -29,15 +67,33 @@ struct Cli {
     /// A backend of the preceding --vip, ADDRESS[=WEIGHT] (weight 0-65535, default 1).
     #[arg(long = "backend", value_name = "ADDR[=WEIGHT]")]
     backends: Vec<String>,
-    /// TOML config file (re-read on SIGHUP); flags win over it.
+    /// TOML config file (re-read on SIGHUP and when it changes); flags win over it.
     #[arg(long, env = "LB_CONFIG")]
     config: Option<PathBuf>,
     /// XDP attach mode.
     #[arg(long, env = "LB_XDP_MODE", value_enum)]
     xdp_mode: Option<XdpModeChoice>,
-    /// Root of the pinned maps (bpffs); maps go to <PIN_ROOT>/<IFACE>/.
+    /// Root of the pins (bpffs): <PIN_ROOT>/<IFACE>/link and maps-v<ABI>/.
     #[arg(long, env = "LB_PIN_ROOT", default_value = "/sys/fs/bpf/lb")]
     pin_root: PathBuf,
+    /// Slow start: percentage points a new backend's weight rises per interval.
+    #[arg(long, env = "LB_RAMP_STEP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+    ramp_step: u32,
+    /// Slow start: how often a new backend's weight rises.
+    #[arg(long, env = "LB_RAMP_INTERVAL", default_value = "10s", value_parser = duration)]
+    ramp_interval: Duration,
+    /// A draining backend is removed once its live flows reach 0, but not before this.
+    #[arg(long, env = "LB_DRAIN_MIN", default_value = "5s", value_parser = duration)]
+    drain_min: Duration,
+    /// A draining backend is removed at the latest after this.
+    #[arg(long, env = "LB_DRAIN_TIMEOUT", default_value = "300s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// How long a flow may be silent and still count as live (drains, settling).
+    #[arg(long, env = "LB_FLOW_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
+    flow_idle_timeout: Duration,
+    /// Prometheus /metrics, /healthz, /readyz (ADDRESS:PORT, or off).
+    #[arg(long, env = "LB_METRICS_ADDR", default_value = "127.0.0.1:9477", value_parser = metrics_addr)]
+    metrics_addr: MetricsAddr,
     /// Maglev table size per VIP (a prime, at least 100 x the largest backend count).
     #[arg(long, env = "LB_TABLE_SIZE", default_value_t = DEFAULT_TABLE_SIZE)]
     table_size: u32,
@@ -57,19 +113,18 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(e) => return clap_error(e),
     };
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).init();
-    let positions = |id: &str, values: &[String]| -> Vec<(usize, String)> {
-        matches.indices_of(id).map(|ix| ix.zip(values.iter().cloned()).collect()).unwrap_or_default()
-    };
-    let opts = match options(&cli, positions("vips", &cli.vips), positions("backends", &cli.backends)) {
-        Ok(o) => o,
-        Err(e) => return usage(&e),
-    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.run.log))
+        .with_target(false)
+        .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,14 +132,49 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(opts)) {
+    let result = match cli.command {
+        Some(Command::Cleanup { iface, pin_root }) => rt.block_on(agent::cleanup(&iface, &pin_root)),
+        None => {
+            let positions = |id: &str, values: &[String]| -> Vec<(usize, String)> {
+                matches.indices_of(id).map(|ix| ix.zip(values.iter().cloned()).collect()).unwrap_or_default()
+            };
+            let opts =
+                match options(&cli.run, positions("vips", &cli.run.vips), positions("backends", &cli.run.backends)) {
+                    Ok(o) => o,
+                    Err(e) => return usage(&e),
+                };
+            rt.block_on(agent::run(opts))
+        }
+    };
+    finish(result)
+}
+
+fn finish(result: Result<(), AgentError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::Usage(e)) => usage(&e),
         Err(e) => {
-            eprintln!("lb-agent: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            eprintln!(
+                "lb-agent: {}",
+                anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+            );
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version print as usual; a bad flag is one line and exit code 64.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+    usage(&line)
 }
 
 fn usage(e: &dyn std::fmt::Display) -> ExitCode {
@@ -93,20 +183,31 @@ fn usage(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// Parses and validates everything the flags and the config file say.
-fn options(cli: &Cli, vips: Vec<(usize, String)>, backends: Vec<(usize, String)>) -> Result<RunOptions, ConfigError> {
+fn options(
+    cli: &RunArgs,
+    vips: Vec<(usize, String)>,
+    backends: Vec<(usize, String)>,
+) -> Result<RunOptions, ConfigError> {
     let flag_vips = config::group_flags(&vips, &backends)?;
     let file = cli.config.as_deref().map(config::read_file).transpose()?;
     let config = config::build(cli.iface.clone(), cli.xdp_mode, flag_vips.clone(), file.as_ref())?;
     if !is_prime(cli.table_size) || cli.table_size < 3 {
         return Err(FieldError::new("--table-size", cli.table_size.to_string(), Problem::NotPrime).into());
     }
-    for (flag, v) in [("--max-vips", cli.max_vips), ("--max-backends", cli.max_backends), ("--max-flows", cli.max_flows)] {
+    for (flag, v) in
+        [("--max-vips", cli.max_vips), ("--max-backends", cli.max_backends), ("--max-flows", cli.max_flows)]
+    {
         if v == 0 {
             return Err(FieldError::new(flag, "0", Problem::Zero).into());
         }
     }
     if (cli.max_vips as u64) * 2 * (cli.table_size as u64) > u32::MAX as u64 {
         return Err(FieldError::new("--max-vips", cli.max_vips.to_string(), Problem::TooLarge).into());
+    }
+    for (flag, d) in [("--ramp-interval", cli.ramp_interval), ("--flow-idle-timeout", cli.flow_idle_timeout)] {
+        if d.is_zero() {
+            return Err(FieldError::new(flag, "0", Problem::Duration).into());
+        }
     }
     let load = LoadOptions {
         table_size: cli.table_size,
@@ -116,5 +217,15 @@ fn options(cli: &Cli, vips: Vec<(usize, String)>, backends: Vec<(usize, String)>
         hash_seed: cli.hash_seed,
         lb_mac: [0; 6],
     };
-    Ok(RunOptions { config, config_path: cli.config.clone(), flag_vips, load, pin_root: cli.pin_root.clone() })
+    Ok(RunOptions {
+        config,
+        config_path: cli.config.clone(),
+        flag_vips,
+        load,
+        pin_root: cli.pin_root.clone(),
+        ramp: RampPolicy { step: cli.ramp_step, interval: cli.ramp_interval },
+        drain: DrainPolicy { min_drain: cli.drain_min, timeout: cli.drain_timeout },
+        flow_idle: cli.flow_idle_timeout,
+        metrics_addr: cli.metrics_addr.0,
+    })
 }

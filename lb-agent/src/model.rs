@@ -39,7 +39,27 @@ pub struct Vip {
 impl Vip {
     /// The `VIPS` map key for this VIP.
     pub fn key(&self) -> VipKey {
-        VipKey { addr: addr_bytes(self.addr), port_be: self.port.to_be(), proto: self.proto.number(), family: family(self.addr) }
+        VipKey {
+            addr: addr_bytes(self.addr),
+            port_be: self.port.to_be(),
+            proto: self.proto.number(),
+            family: family(self.addr),
+        }
+    }
+}
+
+impl Vip {
+    /// The VIP a `VIPS` key stands for (`None` for a protocol or family we never write).
+    pub fn from_key(key: &VipKey) -> Option<Vip> {
+        let proto = match key.proto {
+            PROTO_TCP => Protocol::Tcp,
+            PROTO_UDP => Protocol::Udp,
+            _ => return None,
+        };
+        if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
+            return None;
+        }
+        Some(Vip { addr: addr_from_bytes(key.family, &key.addr), port: u16::from_be(key.port_be), proto })
     }
 }
 
@@ -82,6 +102,26 @@ impl FromStr for Vip {
 pub struct BackendSpec {
     pub addr: IpAddr,
     pub weight: u32,
+    /// Ramp progress (percent) a new backend starts at; `None` = the default.
+    pub start_progress: Option<u32>,
+    /// Marked draining by its source: weight 0, established flows continue.
+    pub draining: bool,
+}
+
+impl BackendSpec {
+    pub fn new(addr: IpAddr, weight: u32) -> Self {
+        BackendSpec { addr, weight, start_progress: None, draining: false }
+    }
+}
+
+/// A VIP as wanted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipSpec {
+    pub backends: Vec<BackendSpec>,
+    /// Per-VIP slow-start override (step in points, interval).
+    pub ramp: Option<crate::ramp::RampPolicy>,
+    /// Client-address affinity timeout in seconds; 0 = none.
+    pub affinity_timeout_s: u32,
 }
 
 /// Largest accepted weight (IPVS accepts the same range).
@@ -91,7 +131,7 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 /// The wanted state: every VIP with its backends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub vips: BTreeMap<Vip, Vec<BackendSpec>>,
+    pub vips: BTreeMap<Vip, VipSpec>,
 }
 
 /// Address bytes in the layout of `VipKey::addr` / `Backend::addr`.
@@ -146,5 +186,8 @@ mod tests {
         assert_eq!(k.port_be, 80u16.to_be());
         assert_eq!((k.proto, k.family), (6, 4));
         assert_eq!(addr_from_bytes(4, &k.addr), v.addr);
+        assert_eq!(Vip::from_key(&k), Some(v));
+        let v6: Vip = "[2001:db8::1]:53/udp".parse().unwrap();
+        assert_eq!(Vip::from_key(&v6.key()), Some(v6));
     }
 }

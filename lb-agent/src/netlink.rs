@@ -41,9 +41,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
@@ -174,8 +172,7 @@ impl Netlink {
         let runtime = tokio::runtime::Handle::try_current().map_err(NetlinkError::NoRuntime)?;
         // The socket registers with the runtime's reactor, so build it inside the runtime.
         let _guard = runtime.enter();
-        let (connection, handle, _unsolicited) =
-            rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        let (connection, handle, _unsolicited) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         let connection = runtime.spawn(connection);
         Ok(Self { handle, connection })
     }
@@ -185,9 +182,7 @@ impl Netlink {
     /// A name the kernel cannot hold (empty, longer than 15 bytes, with a NUL) is
     /// [`NetlinkError::NoSuchInterface`] like any other missing name.
     pub async fn link(&self, name: &str) -> Result<Link, NetlinkError> {
-        let no_such = || NetlinkError::NoSuchInterface {
-            name: name.to_owned(),
-        };
+        let no_such = || NetlinkError::NoSuchInterface { name: name.to_owned() };
         if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains('\0') {
             return Err(no_such());
         }
@@ -201,10 +196,7 @@ impl Netlink {
             .await
             .map_err(|source| match errno(&source) {
                 Some(libc::ENODEV) => no_such(),
-                _ => NetlinkError::GetLink {
-                    name: name.to_owned(),
-                    source,
-                },
+                _ => NetlinkError::GetLink { name: name.to_owned(), source },
             })?
             .ok_or_else(no_such)?;
 
@@ -220,21 +212,11 @@ impl Netlink {
         }
         let name = real_name.unwrap_or_else(|| name.to_owned());
         let hw = hw.unwrap_or_default();
-        let mac: [u8; 6] = hw
-            .as_slice()
-            .try_into()
-            .map_err(|_| NetlinkError::NotEthernet {
-                name: name.clone(),
-                len: hw.len(),
-            })?;
+        let mac: [u8; 6] =
+            hw.as_slice().try_into().map_err(|_| NetlinkError::NotEthernet { name: name.clone(), len: hw.len() })?;
 
         let addrs = self.addresses(index).await?;
-        Ok(Link {
-            index,
-            name,
-            mac,
-            addrs,
-        })
+        Ok(Link { index, name, mac, addrs })
     }
 
     /// Every address on interface `ifindex`, with its prefix length.
@@ -257,16 +239,11 @@ impl Netlink {
     /// Returns `Ok(true)` if the address was added, `Ok(false)` if the kernel already had
     /// it (`EEXIST`; for IPv4, the same address with the same /32 prefix).
     pub async fn add_address(&self, ifindex: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
-        let mut request = self
-            .handle
-            .address()
-            .add(ifindex, addr, host_prefix_len(addr));
+        let mut request = self.handle.address().add(ifindex, addr, host_prefix_len(addr));
         if addr.is_ipv6() {
             let message = request.message_mut();
             message.header.flags |= AddressHeaderFlags::Nodad;
-            message
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            message.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match request.execute().await {
             Ok(()) => {
@@ -276,11 +253,7 @@ impl Netlink {
             Err(source) => match errno(&source) {
                 Some(libc::EEXIST) => Ok(false),
                 Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
-                _ => Err(NetlinkError::AddAddress {
-                    ifindex,
-                    addr,
-                    source,
-                }),
+                _ => Err(NetlinkError::AddAddress { ifindex, addr, source }),
             },
         }
     }
@@ -290,14 +263,8 @@ impl Netlink {
     pub async fn del_address(&self, ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
         let prefix_len = host_prefix_len(addr);
         let message = match addr {
-            IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new()
-                .index(ifindex)
-                .address(v4, prefix_len)
-                .build(),
-            IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new()
-                .index(ifindex)
-                .address(v6, prefix_len)
-                .build(),
+            IpAddr::V4(v4) => AddressMessageBuilder::<Ipv4Addr>::new().index(ifindex).address(v4, prefix_len).build(),
+            IpAddr::V6(v6) => AddressMessageBuilder::<Ipv6Addr>::new().index(ifindex).address(v6, prefix_len).build(),
         };
         match self.handle.address().del(message).execute().await {
             Ok(()) => {
@@ -307,11 +274,7 @@ impl Netlink {
             Err(source) => match errno(&source) {
                 Some(libc::EADDRNOTAVAIL) => Ok(()),
                 Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
-                _ => Err(NetlinkError::DelAddress {
-                    ifindex,
-                    addr,
-                    source,
-                }),
+                _ => Err(NetlinkError::DelAddress { ifindex, addr, source }),
             },
         }
     }
@@ -330,11 +293,7 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|source| NetlinkError::ListNeighbours { ifindex, source })?;
-        Ok(messages
-            .iter()
-            .filter(|m| m.header.ifindex == ifindex)
-            .filter_map(usable_neighbour)
-            .collect())
+        Ok(messages.iter().filter(|m| m.header.ifindex == ifindex).filter_map(usable_neighbour).collect())
     }
 
     /// Makes the kernel resolve `addr` on interface `ifindex` (ARP or neighbour
@@ -345,10 +304,7 @@ impl Netlink {
     /// A `PERMANENT` or `NOARP` entry already present is left as it is.
     pub async fn resolve(&self, ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
         if let Some(existing) = self.neighbour(ifindex, addr).await? {
-            if matches!(
-                existing.header.state,
-                NeighbourState::Permanent | NeighbourState::Noarp
-            ) {
+            if matches!(existing.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
                 tracing::debug!(
                     ifindex, %addr, state = %existing.header.state,
                     "static neighbour entry, leaving it alone"
@@ -356,27 +312,12 @@ impl Netlink {
                 return Ok(());
             }
         }
-        let mut request = self
-            .handle
-            .neighbours()
-            .add(ifindex, addr)
-            .state(NeighbourState::None)
-            .replace();
-        request
-            .message_mut()
-            .attributes
-            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
-        request
-            .execute()
-            .await
-            .map_err(|source| match errno(&source) {
-                Some(libc::ENODEV) => NetlinkError::NoSuchIfindex { ifindex },
-                _ => NetlinkError::Resolve {
-                    ifindex,
-                    addr,
-                    source,
-                },
-            })?;
+        let mut request = self.handle.neighbours().add(ifindex, addr).state(NeighbourState::None).replace();
+        request.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        request.execute().await.map_err(|source| match errno(&source) {
+            Some(libc::ENODEV) => NetlinkError::NoSuchIfindex { ifindex },
+            _ => NetlinkError::Resolve { ifindex, addr, source },
+        })?;
         tracing::debug!(ifindex, %addr, "installed managed neighbour entry");
         Ok(())
     }
@@ -396,9 +337,7 @@ impl Netlink {
         let mut message = NeighbourMessage::default();
         message.header.family = existing.header.family;
         message.header.ifindex = ifindex;
-        message
-            .attributes
-            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
+        message.attributes.push(NeighbourAttribute::Destination(neighbour_address(addr)));
         match self.handle.neighbours().del(message).execute().await {
             Ok(()) => {
                 tracing::debug!(ifindex, %addr, "deleted managed neighbour entry");
@@ -407,33 +346,19 @@ impl Netlink {
             Err(source) => match errno(&source) {
                 Some(libc::ENOENT) => Ok(()),
                 Some(libc::ENODEV) => Err(NetlinkError::NoSuchIfindex { ifindex }),
-                _ => Err(NetlinkError::Forget {
-                    ifindex,
-                    addr,
-                    source,
-                }),
+                _ => Err(NetlinkError::Forget { ifindex, addr, source }),
             },
         }
     }
 
     /// The neighbour entry for `addr` on interface `ifindex`, if there is one
     /// (a single `RTM_GETNEIGH`, not a dump; Linux ≥ 5.0).
-    async fn neighbour(
-        &self,
-        ifindex: u32,
-        addr: IpAddr,
-    ) -> Result<Option<NeighbourMessage>, NetlinkError> {
-        let get_error = |source| NetlinkError::GetNeighbour {
-            ifindex,
-            addr,
-            source,
-        };
+    async fn neighbour(&self, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>, NetlinkError> {
+        let get_error = |source| NetlinkError::GetNeighbour { ifindex, addr, source };
         let mut query = NeighbourMessage::default();
         query.header.family = address_family(addr);
         query.header.ifindex = ifindex;
-        query
-            .attributes
-            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
+        query.attributes.push(NeighbourAttribute::Destination(neighbour_address(addr)));
         let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(query));
         request.header.flags = NLM_F_REQUEST;
 
@@ -443,9 +368,7 @@ impl Netlink {
         while let Some(response) = responses.next().await {
             let (header, payload) = response.into_parts();
             match payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
-                    found = Some(m)
-                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => found = Some(m),
                 NetlinkPayload::Error(e) if e.code.is_none() => {}
                 NetlinkPayload::Error(e) => {
                     let source = rtnetlink::Error::NetlinkError(e);
@@ -456,9 +379,7 @@ impl Netlink {
                     };
                 }
                 payload => {
-                    return Err(get_error(rtnetlink::Error::UnexpectedMessage(
-                        NetlinkMessage::new(header, payload),
-                    )))
+                    return Err(get_error(rtnetlink::Error::UnexpectedMessage(NetlinkMessage::new(header, payload))))
                 }
             }
         }
@@ -471,24 +392,18 @@ impl Netlink {
 /// Only addresses of the same family count; a /32 or /128 (such as a VIP) contains just
 /// itself, and a /0 contains everything of its family.
 pub fn on_link(link: &Link, addr: IpAddr) -> bool {
-    link.addrs
-        .iter()
-        .any(|&(net, prefix_len)| in_prefix(net, prefix_len, addr))
+    link.addrs.iter().any(|&(net, prefix_len)| in_prefix(net, prefix_len, addr))
 }
 
 /// Whether `addr` lies in `net`/`prefix_len`.
 fn in_prefix(net: IpAddr, prefix_len: u8, addr: IpAddr) -> bool {
     match (net, addr) {
         (IpAddr::V4(net), IpAddr::V4(addr)) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len.min(32)))
-                .unwrap_or(0);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
             u32::from(net) & mask == u32::from(addr) & mask
         }
         (IpAddr::V6(net), IpAddr::V6(addr)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len.min(128)))
-                .unwrap_or(0);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len.min(128))).unwrap_or(0);
             u128::from(net) & mask == u128::from(addr) & mask
         }
         _ => false,
@@ -575,15 +490,9 @@ fn usable_neighbour(message: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
     let mut mac = None;
     for attribute in &message.attributes {
         match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                ip = Some(IpAddr::V4(*v4))
-            }
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                ip = Some(IpAddr::V6(*v6))
-            }
-            NeighbourAttribute::LinkLayerAddress(lladdr) => {
-                mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok()
-            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
+            NeighbourAttribute::LinkLayerAddress(lladdr) => mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok(),
             _ => {}
         }
     }
@@ -603,10 +512,7 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mac: [2, 0, 0, 0, 0, 1],
-            addrs: addrs
-                .iter()
-                .map(|(a, p)| (a.parse().unwrap(), *p))
-                .collect(),
+            addrs: addrs.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
         }
     }
 
@@ -641,12 +547,7 @@ mod tests {
 
     #[test]
     fn on_link_v6() {
-        let l = link(&[
-            ("2001:db8:1::10", 64),
-            ("fe80::1", 64),
-            ("2001:db8:ff::", 48),
-            ("2001:db8::100", 128),
-        ]);
+        let l = link(&[("2001:db8:1::10", 64), ("fe80::1", 64), ("2001:db8:ff::", 48), ("2001:db8::100", 128)]);
         assert!(on_link(&l, ip("2001:db8:1::1")));
         assert!(on_link(&l, ip("2001:db8:1:0:ffff:ffff:ffff:ffff")));
         assert!(!on_link(&l, ip("2001:db8:1:1::1")));
@@ -659,14 +560,8 @@ mod tests {
         assert!(on_link(&link(&[("2001:db8::1", 0)]), ip("2001:4860::8888")));
         assert!(on_link(&link(&[("2001:db8::1", 127)]), ip("2001:db8::")));
         assert!(!on_link(&link(&[("2001:db8::1", 127)]), ip("2001:db8::2")));
-        assert!(on_link(
-            &link(&[("2001:db8::1", 65)]),
-            ip("2001:db8::7fff:0:0:1")
-        ));
-        assert!(!on_link(
-            &link(&[("2001:db8::1", 65)]),
-            ip("2001:db8::8000:0:0:1")
-        ));
+        assert!(on_link(&link(&[("2001:db8::1", 65)]), ip("2001:db8::7fff:0:0:1")));
+        assert!(!on_link(&link(&[("2001:db8::1", 65)]), ip("2001:db8::8000:0:0:1")));
     }
 
     #[test]
@@ -681,13 +576,9 @@ mod tests {
             let mut m = NeighbourMessage::default();
             m.header.family = AddressFamily::Inet;
             m.header.state = state;
-            m.attributes
-                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                    Ipv4Addr::new(192, 0, 2, 7),
-                )));
+            m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 7))));
             if !lladdr.is_empty() {
-                m.attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(lladdr));
+                m.attributes.push(NeighbourAttribute::LinkLayerAddress(lladdr));
             }
             m
         };
@@ -706,34 +597,16 @@ mod tests {
                 "{state}"
             );
         }
-        for state in [
-            NeighbourState::Incomplete,
-            NeighbourState::Failed,
-            NeighbourState::None,
-        ] {
-            assert_eq!(
-                usable_neighbour(&entry(state, mac.clone())),
-                None,
-                "{state}"
-            );
+        for state in [NeighbourState::Incomplete, NeighbourState::Failed, NeighbourState::None] {
+            assert_eq!(usable_neighbour(&entry(state, mac.clone())), None, "{state}");
         }
-        assert_eq!(
-            usable_neighbour(&entry(NeighbourState::Reachable, vec![])),
-            None
-        );
-        assert_eq!(
-            usable_neighbour(&entry(NeighbourState::Reachable, vec![1, 2, 3, 4])),
-            None
-        );
+        assert_eq!(usable_neighbour(&entry(NeighbourState::Reachable, vec![])), None);
+        assert_eq!(usable_neighbour(&entry(NeighbourState::Reachable, vec![1, 2, 3, 4])), None);
         // Multicast group mappings (NOARP entries) are not neighbours.
-        assert_eq!(
-            usable_neighbour(&entry(NeighbourState::Noarp, vec![1, 0, 0x5e, 0, 0, 1])),
-            None
-        );
+        assert_eq!(usable_neighbour(&entry(NeighbourState::Noarp, vec![1, 0, 0x5e, 0, 0, 1])), None);
         let mut group = entry(NeighbourState::Noarp, vec![0x33, 0x33, 0, 0, 0, 0x16]);
         group.header.family = AddressFamily::Inet6;
-        group.attributes[0] =
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6("ff02::16".parse().unwrap()));
+        group.attributes[0] = NeighbourAttribute::Destination(NeighbourAddress::Inet6("ff02::16".parse().unwrap()));
         assert_eq!(usable_neighbour(&group), None);
     }
 }

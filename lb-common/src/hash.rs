@@ -25,6 +25,17 @@ pub fn ports_word(src_port_be: u16, dst_port_be: u16) -> u32 {
     (src_port_be as u32) | ((dst_port_be as u32) << 16)
 }
 
+/// The ports word for a VIP: with client-address affinity the ports are left out, so
+/// every flow of a client falls into the same slot.
+#[inline(always)]
+pub fn vip_ports_word(affinity: bool, src_port_be: u16, dst_port_be: u16) -> u32 {
+    if affinity {
+        0
+    } else {
+        ports_word(src_port_be, dst_port_be)
+    }
+}
+
 /// Hash of an IPv4 5-tuple. `src`/`dst` are the address bytes as little-endian words.
 #[inline(always)]
 pub fn flow_hash_v4(src: u32, dst: u32, ports: u32, proto: u8, seed: u32) -> u32 {

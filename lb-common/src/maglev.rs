@@ -18,7 +18,7 @@ pub const fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u64;
     while d * d <= n as u64 {
-        if n as u64 % d == 0 {
+        if (n as u64).is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -37,6 +37,33 @@ pub fn unpinned_choice(entry: &crate::TableEntry, tcp: bool, syn: bool, prev_act
         (entry.prev, true)
     } else {
         (entry.backend, false)
+    }
+}
+
+/// What the kernel knows about a flow-table entry when it finds one.
+#[derive(Clone, Copy, Debug)]
+pub struct Pin {
+    /// The pinned backend is active and serves this VIP.
+    pub active: bool,
+    /// The pinned backend is draining.
+    pub draining: bool,
+    /// Nanoseconds since the entry last saw a packet.
+    pub age_ns: u64,
+}
+
+/// May a packet follow a flow-table entry? Without affinity only packets of an
+/// established flow do (a SYN starts a new connection). With affinity (timeout > 0) the
+/// entry pins the client: any packet follows it while it is younger than the timeout,
+/// except that a new connection is not sent to a draining backend.
+#[inline(always)]
+pub fn pin_usable(affinity_timeout_s: u32, syn: bool, pin: &Pin) -> bool {
+    if !pin.active {
+        return false;
+    }
+    if affinity_timeout_s > 0 {
+        pin.age_ns <= affinity_timeout_s as u64 * 1_000_000_000 && !(syn && pin.draining)
+    } else {
+        !syn
     }
 }
 
@@ -114,11 +141,7 @@ mod builder {
     /// Slots whose entry differs between two tables of the same size, with the new entry.
     pub fn delta<'t>(old: &'t [u32], new: &'t [u32]) -> impl Iterator<Item = (u32, u32)> + 't {
         assert_eq!(old.len(), new.len(), "Maglev tables of different sizes");
-        old.iter()
-            .zip(new)
-            .enumerate()
-            .filter(|(_, (o, n))| o != n)
-            .map(|(slot, (_, &n))| (slot as u32, n))
+        old.iter().zip(new).enumerate().filter(|(_, (o, n))| o != n).map(|(slot, (_, &n))| (slot as u32, n))
     }
 
     /// How many slots each member holds.

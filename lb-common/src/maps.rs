@@ -2,7 +2,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes. The agent refuses
 /// to adopt pinned maps written under another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -17,15 +17,9 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REASONS: &str = "REASONS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
-pub const ALL_MAPS: [&str; 7] = [
-    MAP_VIPS,
-    MAP_BACKENDS,
-    MAP_TABLES,
-    MAP_FLOWS,
-    MAP_REASONS,
-    MAP_VIP_STATS,
-    MAP_BACKEND_STATS,
-];
+pub const MAP_META: &str = "META";
+pub const ALL_MAPS: [&str; 8] =
+    [MAP_VIPS, MAP_BACKENDS, MAP_TABLES, MAP_FLOWS, MAP_REASONS, MAP_VIP_STATS, MAP_BACKEND_STATS, MAP_META];
 
 /// Capacities compiled into the object; the agent may resize them at load time
 /// (`--max-vips`, `--max-backends`, `--max-flows`, `--table-size`).
@@ -53,6 +47,9 @@ pub struct VipKey {
 
 /// The VIP has no backend with weight: packets are dropped (`DropNoBackend`).
 pub const VIP_F_NO_BACKENDS: u32 = 1;
+/// Client-address affinity: all flows of a client address go to one backend while its
+/// pin is younger than `affinity_timeout_s` (Kubernetes' `sessionAffinity: ClientIP`).
+pub const VIP_F_AFFINITY: u32 = 2;
 
 /// `VIPS` value.
 #[repr(C)]
@@ -63,15 +60,21 @@ pub struct VipMeta {
     pub flags: u32,
     /// Which of the two tables is live (0 or 1).
     pub half: u32,
-    pub _pad: u32,
+    /// With `VIP_F_AFFINITY`: how long a client's pin lives without traffic.
+    pub affinity_timeout_s: u32,
 }
 
 /// The entry holds a backend (an id is never reused while the entry is live).
 pub const BACKEND_F_ACTIVE: u8 = 1;
 /// Informational: the backend is draining (weight 0, old flows continue).
 pub const BACKEND_F_DRAINING: u8 = 2;
+/// The entry is in use (set with or without `ACTIVE`; a backend whose MAC is not known
+/// yet is present but not active). The kernel ignores it.
+pub const BACKEND_F_PRESENT: u8 = 4;
 
-/// `BACKENDS` value, indexed by backend id.
+/// `BACKENDS` value, indexed by backend id. The kernel reads `mac`, `flags` and
+/// `vip_id`; the rest is the agent's record, kept here so that `status` works from the
+/// pinned maps alone and a restarted agent reads ramp and drain state back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -82,7 +85,14 @@ pub struct Backend {
     pub family: u8,
     /// The VIP this backend serves: a flow-table hit for another VIP is ignored.
     pub vip_id: u32,
-    pub _pad: u32,
+    /// Effective weight in the live table.
+    pub weight: u32,
+    /// Wanted weight once the ramp is done.
+    pub target_weight: u32,
+    /// Ramp progress, percent (100 = done).
+    pub progress: u32,
+    /// Unix ms: the last ramp step, or (draining) when the drain started.
+    pub since_unix_ms: u64,
 }
 
 /// Marks a table slot with no backend (only in tables of VIPs without backends).
@@ -112,22 +122,48 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
-/// `FLOWS` value.
+/// The client sent FIN or RST: the flow is ending (it still keeps its backend).
+pub const FLOW_F_CLOSING: u32 = 1;
+
+/// `FLOWS` value. For an affinity VIP the key's port is 0 and the entry pins a client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
-    pub _pad: u32,
+    pub flags: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
 }
 
-/// Per-CPU packet and byte counter (`REASONS`, `VIP_STATS`, `BACKEND_STATS`).
+/// Per-CPU packet and byte counter (`REASONS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Per-CPU traffic of a VIP or backend (`VIP_STATS`, `BACKEND_STATS`). `new_flows`
+/// counts TCP SYNs (UDP has no flow start to count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// `META` value (one entry): what the maps were created with. A restarted agent adopts
+/// pinned maps only if all of it matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub abi_version: u32,
+    pub table_size: u32,
+    pub hash_seed: u32,
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
 }
 
 /// Index of a VIP's table entry for `slot` in `TABLES`.
@@ -138,11 +174,13 @@ pub fn table_index(vip_id: u32, half: u32, table_size: u32, slot: u32) -> u32 {
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<Backend>() == 48);
+const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<TableEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -155,4 +193,6 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for Traffic {}
 }

@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    stats::REASON_COUNT, Backend, Counter, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, TABLE_HALVES,
+    stats::REASON_COUNT, Backend, Counter, FlowKey, FlowValue, Meta, TableEntry, Traffic, VipKey, VipMeta,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, TABLE_HALVES,
 };
 
 const MAX_VIPS: usize = DEFAULT_MAX_VIPS as usize;
@@ -35,9 +35,12 @@ static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_MAX_FLOWS as usize }> = L
 #[btf_map]
 static REASONS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
-static VIP_STATS: PerCpuArray<Counter, MAX_VIPS> = PerCpuArray::new();
+static VIP_STATS: PerCpuArray<Traffic, MAX_VIPS> = PerCpuArray::new();
 #[btf_map]
-static BACKEND_STATS: PerCpuArray<Counter, MAX_BACKENDS> = PerCpuArray::new();
+static BACKEND_STATS: PerCpuArray<Traffic, MAX_BACKENDS> = PerCpuArray::new();
+/// What the maps were created with (written by the agent, never read here).
+#[btf_map]
+static META: Array<Meta, 1> = Array::new();
 
 // Load-time knobs, written by the agent with `EbpfLoader::set_global`.
 #[no_mangle]

@@ -9,7 +9,9 @@ pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_HLEN: usize = 40;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// A pointer to a `T` at `off` bytes into the frame, if the frame holds all of it.
@@ -29,6 +31,8 @@ pub struct Flow {
     pub proto: u8,
     /// A TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// A TCP FIN or RST from the client: the connection is ending.
+    pub closing: bool,
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub src_port_be: u16,
@@ -69,6 +73,7 @@ fn ipv4(ctx: &XdpContext) -> Result<Flow, Verdict> {
         family: FAMILY_V4,
         proto,
         syn: false,
+        closing: false,
         src: [ip[3], 0, 0, 0],
         dst: [ip[4], 0, 0, 0],
         src_port_be: 0,
@@ -87,6 +92,7 @@ fn ipv6(ctx: &XdpContext) -> Result<Flow, Verdict> {
         family: FAMILY_V6,
         proto: next,
         syn: false,
+        closing: false,
         src: [ip[2], ip[3], ip[4], ip[5]],
         dst: [ip[6], ip[7], ip[8], ip[9]],
         src_port_be: 0,
@@ -114,6 +120,7 @@ fn ports(ctx: &XdpContext, off: usize, flow: &mut Flow) -> Result<(), Verdict> {
         let tcp = ptr_at::<[u8; 14]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
         let flags = unsafe { (*tcp)[13] };
         flow.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
     } else {
         ptr_at::<[u8; 8]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
     }

@@ -4,13 +4,13 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     hash, maglev, stats, table_index, Backend, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, BACKEND_F_ACTIVE,
-    FAMILY_V4, NO_BACKEND, PROTO_TCP, VIP_F_NO_BACKENDS,
+    BACKEND_F_DRAINING, FAMILY_V4, FLOW_F_CLOSING, NO_BACKEND, PROTO_TCP, VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
 };
 
 use crate::{
     forward,
     parse::{self, Flow},
-    stats::{add, note, Verdict},
+    stats::{note, traffic, Verdict},
     BACKENDS, BACKEND_STATS, FLOWS, HASH_SEED, TABLES, TABLE_SIZE, VIPS, VIP_STATS,
 };
 
@@ -32,9 +32,9 @@ pub fn try_lb(ctx: &XdpContext) -> Result<Verdict, u32> {
     }
     let (id, backend) = backend(&flow, &meta)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
-    add(&VIP_STATS, meta.id, len);
-    add(&BACKEND_STATS, id, len);
-    forward::to_backend(ctx, &backend)
+    traffic(&VIP_STATS, meta.id, len, flow.syn);
+    traffic(&BACKEND_STATS, id, len, flow.syn);
+    forward::to_backend(ctx, backend)
 }
 
 #[inline(always)]
@@ -60,8 +60,8 @@ fn table_size() -> u32 {
 }
 
 #[inline(always)]
-fn flow_hash(flow: &Flow) -> u32 {
-    let ports = hash::ports_word(flow.src_port_be, flow.dst_port_be);
+fn flow_hash(flow: &Flow, affinity: bool) -> u32 {
+    let ports = hash::vip_ports_word(affinity, flow.src_port_be, flow.dst_port_be);
     if flow.family == FAMILY_V4 {
         hash::flow_hash_v4(flow.src[0], flow.dst[0], ports, flow.proto, seed())
     } else {
@@ -71,14 +71,15 @@ fn flow_hash(flow: &Flow) -> u32 {
 
 /// The backend for this packet, with its id.
 #[inline(always)]
-fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, Backend), u32> {
+fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), u32> {
     let size = table_size();
     if size == 0 {
         return Err(stats::DROP_TABLE);
     }
-    let slot = maglev::slot_of(flow_hash(flow), size);
+    let affinity = meta.flags & VIP_F_AFFINITY != 0;
+    let slot = maglev::slot_of(flow_hash(flow, affinity), size);
     let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
-    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry) };
+    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry, affinity) };
     if id == NO_BACKEND {
         return Err(stats::DROP_NO_BACKEND);
     }
@@ -89,29 +90,41 @@ fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, Backend), u32> {
 }
 
 #[inline(always)]
-fn active(id: u32, vip_id: u32) -> Option<Backend> {
-    let b = *BACKENDS.get(id)?;
+fn active(id: u32, vip_id: u32) -> Option<&'static Backend> {
+    let b = BACKENDS.get(id)?;
     (b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == vip_id).then_some(b)
 }
 
-/// A slot whose backend changed: a pinned flow keeps its backend; an unpinned TCP
-/// packet that is not a SYN belongs to a connection older than the change and goes to
-/// the slot's previous backend; anything else is new and takes the current one. The
-/// choice is pinned, so flow-table writes happen only in changed slots. `NO_BACKEND`
-/// (nothing to send a new flow to) is returned unpinned.
+/// A slot whose backend changed: a usable pin (see `maglev::pin_usable`) keeps its
+/// backend; otherwise `maglev::unpinned_choice` decides (an established TCP packet goes
+/// to the slot's previous backend) and the choice is pinned, so flow-table writes happen
+/// only in changed slots. With affinity the pin is per client address (port 0).
+/// `NO_BACKEND` (nothing to send a new flow to) is returned unpinned.
 #[inline(always)]
-fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
+fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry, affinity: bool) -> u32 {
     note(stats::NOTE_FLOW_LOOKUP);
-    let key = FlowKey { src_addr: addr_bytes(&flow.src), vip_id: meta.id, src_port_be: flow.src_port_be, _pad: 0 };
+    let src_port_be = if affinity { 0 } else { flow.src_port_be };
+    let key = FlowKey { src_addr: addr_bytes(&flow.src), vip_id: meta.id, src_port_be, _pad: 0 };
+    let timeout = if affinity { meta.affinity_timeout_s } else { 0 };
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    if !flow.syn {
+    let mark_closing = flow.closing && !affinity;
+    if affinity || !flow.syn {
         if let Some(v) = FLOWS.get_ptr_mut(&key) {
             // SAFETY: the map value stays valid for this program run.
             let pinned = unsafe { &mut *v };
-            if active(pinned.backend, meta.id).is_some() {
-                if now.wrapping_sub(pinned.last_seen_ns) > REFRESH_NS {
+            let b = active(pinned.backend, meta.id);
+            let pin = maglev::Pin {
+                active: b.is_some(),
+                draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
+                age_ns: now.saturating_sub(pinned.last_seen_ns),
+            };
+            if maglev::pin_usable(timeout, flow.syn, &pin) {
+                if pin.age_ns > REFRESH_NS {
                     pinned.last_seen_ns = now;
+                }
+                if mark_closing && pinned.flags & FLOW_F_CLOSING == 0 {
+                    pinned.flags |= FLOW_F_CLOSING;
                 }
                 return pinned.backend;
             }
@@ -126,7 +139,8 @@ fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> u32 {
     if chosen == NO_BACKEND {
         return chosen;
     }
-    let value = FlowValue { backend: chosen, _pad: 0, last_seen_ns: now };
+    let flags = if mark_closing { FLOW_F_CLOSING } else { 0 };
+    let value = FlowValue { backend: chosen, flags, last_seen_ns: now };
     if FLOWS.insert(&key, &value, 0).is_ok() {
         note(stats::NOTE_FLOW_PINNED);
     }

@@ -1,7 +1,7 @@
 //! Counters and the single exit: every verdict is counted by reason.
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::PerCpuArray, programs::XdpContext};
-use lb_common::{stats, Counter};
+use lb_common::{stats, Counter, Traffic};
 
 use crate::REASONS;
 
@@ -25,6 +25,19 @@ pub fn add<const N: usize>(map: &PerCpuArray<Counter, N>, index: u32, bytes: u64
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
+        }
+    }
+}
+
+/// Counts a packet of a VIP or backend (and a new flow for a TCP SYN).
+#[inline(always)]
+pub fn traffic<const N: usize>(map: &PerCpuArray<Traffic, N>, index: u32, bytes: u64, syn: bool) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, and XDP runs with preemption disabled.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).new_flows += syn as u64;
         }
     }
 }

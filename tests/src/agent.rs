@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Backend, Counter, VipKey, VipMeta, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REASONS, MAP_VIPS,
+    Backend, Counter, Traffic, VipKey, VipMeta, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REASONS,
+    MAP_VIPS,
 };
 
 use crate::lab::Lab;
@@ -26,13 +27,16 @@ pub fn agent_binary() -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("lb-agent binary not found next to {} (run `cargo build --release -p lb-agent`, or set LB_AGENT_BIN)", exe.display())
+    bail!(
+        "lb-agent binary not found next to {} (run `cargo build --release -p lb-agent`, or set LB_AGENT_BIN)",
+        exe.display()
+    )
 }
 
 pub struct Agent {
     child: Child,
     pub pin_dir: PathBuf,
-    pin_root: PathBuf,
+    pub pin_root: PathBuf,
     pub log: PathBuf,
     pub config: PathBuf,
 }
@@ -45,7 +49,7 @@ impl Agent {
         let config = dir.join("lb.toml");
         std::fs::write(&config, config_toml)?;
         let log = dir.join("agent.log");
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", lab.prefix));
+        let pin_root = lab.pin_root();
         let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
         cmd.args(["--iface", "eth0", "--config"]).arg(&config).arg("--pin-root").arg(&pin_root).args(extra);
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).env("LB_LOG", "info");
@@ -108,12 +112,22 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // The data path (pins) outlives the agent by design: the lab removes the pins.
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_root);
     }
+}
+
+/// Runs `lb-agent cleanup` for the lab's LB (removes the pinned link, maps, VIPs).
+pub fn cleanup(lab: &Lab, pin_root: &Path) -> Result<()> {
+    let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
+    let out = cmd.args(["cleanup", "--iface", "eth0", "--pin-root"]).arg(pin_root).output()?;
+    if !out.status.success() {
+        bail!("lb-agent cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Read-only handles on an agent's pinned maps.
@@ -121,11 +135,13 @@ pub struct PinnedMaps {
     pub vips: HashMap<MapData, VipKey, VipMeta>,
     pub backends: Array<MapData, Backend>,
     pub reasons: PerCpuArray<MapData, Counter>,
-    pub backend_stats: PerCpuArray<MapData, Counter>,
+    pub backend_stats: PerCpuArray<MapData, Traffic>,
 }
 
 impl PinnedMaps {
-    pub fn open(dir: &Path) -> Result<PinnedMaps> {
+    /// Opens the maps an agent pinned under `pin_dir` (`<root>/<iface>`).
+    pub fn open(pin_dir: &Path) -> Result<PinnedMaps> {
+        let dir = lb_agent::loader::maps_dir(pin_dir);
         let data = |name: &str| MapData::from_pin(dir.join(name)).with_context(|| format!("pinned map {name}"));
         Ok(PinnedMaps {
             vips: Map::HashMap(data(MAP_VIPS)?).try_into()?,
@@ -159,8 +175,8 @@ impl PinnedMaps {
         }
         Ok(v)
     }
-    /// Packets and bytes a backend id was sent.
-    pub fn backend_counter(&self, id: u32) -> Result<Counter> {
-        Ok(lb_agent::stats::read(&self.backend_stats, id)?)
+    /// Packets, bytes and new flows a backend id was sent.
+    pub fn backend_counter(&self, id: u32) -> Result<Traffic> {
+        Ok(lb_agent::stats::traffic(&self.backend_stats, id)?)
     }
 }

@@ -118,15 +118,23 @@ fn attach_pass(ns: &str, iface: &'static str) -> Result<Ebpf> {
     let ns_owned = ns.to_string();
     run_in(ns, move || -> Result<Ebpf> {
         let opts = LoadOptions { table_size: 3, max_vips: 1, max_backends: 1, max_flows: 1, ..LoadOptions::default() };
-        let loader::Loaded { mut ebpf, .. } = loader::load(&opts, None)?;
+        let loader::Loaded { mut ebpf, .. } = loader::load(&opts)?;
         loader::attach_program(&mut ebpf, PROG_PASS, iface, XdpModeChoice::Native)
             .with_context(|| format!("pass-through XDP on {iface} in {ns_owned}"))?;
         Ok(ebpf)
     })?
 }
 
+impl Lab {
+    /// Where agents in this lab pin (removed with the lab).
+    pub fn pin_root(&self) -> std::path::PathBuf {
+        format!("/sys/fs/bpf/{}", self.prefix).into()
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.pin_root());
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = sh("ip", &["netns", "del", ns]) {
                 eprintln!("lab cleanup: {e}");

@@ -24,12 +24,27 @@ fn bad_input_is_one_line_exit_64_nothing_attached() {
     let v = ["--vip", "192.0.2.100:80/tcp"];
     // (arguments, text the one line must contain)
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--iface", "eth0", "--vip", "192.0.2.100:80"], "--vip \"192.0.2.100:80\": expected ADDRESS:PORT/PROTOCOL"),
-        (vec!["--iface", "eth0", "--vip", "192.0.2.100:80/tcp", "--backend", "192.0.2.x"], "--backend \"192.0.2.x\": not an IP address"),
-        (vec!["--iface", "eth0", v[0], v[1], "--backend", "192.0.2.11=70000"], "--backend \"192.0.2.11=70000\": weight must be"),
+        (
+            vec!["--iface", "eth0", "--vip", "192.0.2.100:80"],
+            "--vip \"192.0.2.100:80\": expected ADDRESS:PORT/PROTOCOL",
+        ),
+        (
+            vec!["--iface", "eth0", "--vip", "192.0.2.100:80/tcp", "--backend", "192.0.2.x"],
+            "--backend \"192.0.2.x\": not an IP address",
+        ),
+        (
+            vec!["--iface", "eth0", v[0], v[1], "--backend", "192.0.2.11=70000"],
+            "--backend \"192.0.2.11=70000\": weight must be",
+        ),
         (vec!["--iface", "eth0", "--backend", "192.0.2.11", v[0], v[1]], "comes before any --vip"),
-        (vec!["--iface", "eth0", v[0], v[1], v[0], v[1]], "--vip \"192.0.2.100:80/tcp\": the same VIP is configured twice"),
-        (vec!["--iface", "nosuch0", v[0], v[1], "--backend", "192.0.2.11"], "--iface \"nosuch0\": no interface of that name"),
+        (
+            vec!["--iface", "eth0", v[0], v[1], v[0], v[1]],
+            "--vip \"192.0.2.100:80/tcp\": the same VIP is configured twice",
+        ),
+        (
+            vec!["--iface", "nosuch0", v[0], v[1], "--backend", "192.0.2.11"],
+            "--iface \"nosuch0\": no interface of that name",
+        ),
         (vec!["--iface", "eth0", v[0], v[1], "--backend", "10.9.9.9"], "is not on a subnet of interface eth0"),
         (vec!["--iface", "eth0", "--table-size", "1000", v[0], v[1]], "--table-size \"1000\": must be a prime"),
         (vec![v[0], v[1]], "--iface \"\": is required"),
@@ -40,7 +55,11 @@ fn bad_input_is_one_line_exit_64_nothing_attached() {
         assert_eq!(out.status.code(), Some(64), "{args:?}: exit code; stderr: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
-        assert!(lines[0].starts_with("lb-agent: ") && lines[0].contains(want), "{args:?}: {:?} lacks {want:?}", lines[0]);
+        assert!(
+            lines[0].starts_with("lb-agent: ") && lines[0].contains(want),
+            "{args:?}: {:?} lacks {want:?}",
+            lines[0]
+        );
         let link = ip(&lab.lb(), &["-d", "link", "show", "eth0"]).unwrap();
         assert!(!link.contains("xdp"), "{args:?}: nothing attached: {link}");
         assert!(!std::path::Path::new(&pin_root).exists(), "{args:?}: nothing pinned");

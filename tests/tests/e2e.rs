@@ -13,16 +13,23 @@ use lb_tests::agent::{Agent, PinnedMaps};
 use lb_tests::lab::{backend_addrs, Lab, VIP4, VIP6};
 use lb_tests::servers::{connect_many, split, start_backend, tcp_backends, udp_backends, TCP_PORT, UDP_PORT};
 
-/// The agent's config: the same backends (index, weight) for all four VIPs.
+/// The agent's config: the same backends (index, weight) for all four VIPs. Backends
+/// start at full weight (`start_progress = 100`): this test is about splits and flow
+/// stickiness; slow start has its own test.
 fn config(backends: &[(usize, u32)]) -> String {
     let mut out = String::new();
-    for (addr, proto, port) in [(VIP4, "tcp", TCP_PORT), (VIP4, "udp", UDP_PORT), (VIP6, "tcp", TCP_PORT), (VIP6, "udp", UDP_PORT)] {
+    for (addr, proto, port) in
+        [(VIP4, "tcp", TCP_PORT), (VIP4, "udp", UDP_PORT), (VIP6, "tcp", TCP_PORT), (VIP6, "udp", UDP_PORT)]
+    {
         let v6 = addr.contains(':');
         let shown = if v6 { format!("[{addr}]") } else { addr.to_string() };
         out += &format!("[[vip]]\naddress = \"{shown}:{port}/{proto}\"\n");
         for (i, w) in backends {
             let (b4, b6) = backend_addrs(*i);
-            out += &format!("[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n", if v6 { b6 } else { b4 });
+            out += &format!(
+                "[[vip.backend]]\naddress = \"{}\"\nweight = {w}\nstart_progress = 100\n",
+                if v6 { b6 } else { b4 }
+            );
         }
     }
     out
@@ -102,10 +109,26 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
         ensure!(!per.contains_key("b1"), "{what}: removed backend b1 got new connections: {per:?}");
     }
 
+    // SIGTERM leaves the data path in place; `lb-agent cleanup` removes it.
+    let pin_root = agent.pin_root.clone();
     let status = agent.stop()?;
     ensure!(status.success(), "lb-agent exited with {status}");
-    let addrs = lb_tests::netns::ip(&lab.lb(), &["-br", "addr", "show", "eth0"])?;
-    ensure!(!addrs.contains(VIP4) && !addrs.contains("2001:db8:77::100"), "VIPs removed on exit: {addrs}");
+    let vip_present = || -> Result<bool> {
+        let addrs = lb_tests::netns::ip(&lab.lb(), &["-br", "addr", "show", "eth0"])?;
+        Ok(addrs.contains(VIP4) && addrs.contains("2001:db8:77::100"))
+    };
+    let xdp_attached =
+        || -> Result<bool> { Ok(lb_tests::netns::ip(&lab.lb(), &["-d", "link", "show", "eth0"])?.contains("xdp")) };
+    ensure!(vip_present()?, "after SIGTERM the VIPs stay: {}", lb_tests::netns::ip(&lab.lb(), &["-br", "addr"])?);
+    ensure!(
+        xdp_attached()?,
+        "after SIGTERM the program stays: {}",
+        lb_tests::netns::ip(&lab.lb(), &["-d", "link", "show", "eth0"])?
+    );
+    ensure!(tcp_backends(&lab, v4t, 50)?.len() == 50, "traffic still flows with no agent running");
+    lb_tests::agent::cleanup(&lab, &pin_root)?;
+    ensure!(!vip_present()? && !xdp_attached()?, "cleanup removes the VIPs and detaches the program");
+    ensure!(!pin_root.join("eth0").exists(), "cleanup removes the pins");
     Ok(())
 }
 

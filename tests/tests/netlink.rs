@@ -25,24 +25,14 @@ fn ip_of(s: &str) -> IpAddr {
 }
 
 fn mac_str(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Runs `ip ARGS`, failing on a non-zero exit; returns its stdout.
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
+    let out = Command::new("ip").args(args).output().context("running ip")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -56,10 +46,7 @@ struct Lab {
 impl Lab {
     fn new(tag: &str) -> Result<Self> {
         let pid = std::process::id();
-        let lab = Lab {
-            a: format!("lbnl-{pid}-{tag}-a"),
-            b: format!("lbnl-{pid}-{tag}-b"),
-        };
+        let lab = Lab { a: format!("lbnl-{pid}-{tag}-a"), b: format!("lbnl-{pid}-{tag}-b") };
         ip(&["netns", "add", &lab.a])?;
         ip(&["netns", "add", &lab.b])?;
         let (a, b) = (lab.a.as_str(), lab.b.as_str());
@@ -69,26 +56,8 @@ impl Lab {
              "peer", "name", "veth1", "address", &mac_b, "netns", b])?;
         ip(&["-n", a, "addr", "add", &format!("{A4}/24"), "dev", "veth0"])?;
         ip(&["-n", b, "addr", "add", &format!("{B4}/24"), "dev", "veth1"])?;
-        ip(&[
-            "-n",
-            a,
-            "addr",
-            "add",
-            &format!("{A6}/64"),
-            "dev",
-            "veth0",
-            "nodad",
-        ])?;
-        ip(&[
-            "-n",
-            b,
-            "addr",
-            "add",
-            &format!("{B6}/64"),
-            "dev",
-            "veth1",
-            "nodad",
-        ])?;
+        ip(&["-n", a, "addr", "add", &format!("{A6}/64"), "dev", "veth0", "nodad"])?;
+        ip(&["-n", b, "addr", "add", &format!("{B6}/64"), "dev", "veth1", "nodad"])?;
         ip(&["-n", a, "link", "set", "veth0", "up"])?;
         ip(&["-n", b, "link", "set", "veth1", "up"])?;
         Ok(lab)
@@ -105,10 +74,7 @@ impl Lab {
     fn veth0_index(&self) -> Result<u32> {
         let out = self.ip_a(&["-o", "link", "show", "dev", "veth0"])?;
         let index = out.split(':').next().context("empty ip link output")?;
-        index
-            .trim()
-            .parse()
-            .with_context(|| format!("ifindex in {out:?}"))
+        index.trim().parse().with_context(|| format!("ifindex in {out:?}"))
     }
 
     /// Runs `body` on a thread inside namespace a, on a current-thread tokio runtime.
@@ -121,14 +87,11 @@ impl Lab {
         let thread = std::thread::spawn(move || -> Result<()> {
             let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
             // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error()).context("setns");
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(body())
         });
         match thread.join() {
@@ -216,10 +179,7 @@ fn netlink_link_and_addresses() -> Result<()> {
 
             nl.del_address(index, addr).await?;
             let json = l.ip_a(&["-j", "addr", "show", "dev", "veth0"])?;
-            assert!(
-                !json.contains(&format!("\"local\":\"{vip}\"")),
-                "{vip} still in {json}"
-            );
+            assert!(!json.contains(&format!("\"local\":\"{vip}\"")), "{vip} still in {json}");
             nl.del_address(index, addr).await?;
         }
         // The subnet addresses survive: deleting a /32 does not touch the /24.
@@ -249,10 +209,7 @@ fn netlink_resolve_and_forget() -> Result<()> {
 
         let before = nl.neighbours(index).await?;
         for peer in peers {
-            assert!(
-                !before.contains_key(&peer),
-                "{peer} known before resolve: {before:?}"
-            );
+            assert!(!before.contains_key(&peer), "{peer} known before resolve: {before:?}");
         }
 
         for peer in peers {
@@ -271,11 +228,7 @@ fn netlink_resolve_and_forget() -> Result<()> {
         }
         let table = nl.neighbours(index).await?;
         for peer in peers {
-            assert_eq!(
-                table.get(&peer),
-                Some(&MAC_B),
-                "{peer} after second resolve"
-            );
+            assert_eq!(table.get(&peer), Some(&MAC_B), "{peer} after second resolve");
         }
 
         for peer in peers {
@@ -298,10 +251,7 @@ fn netlink_resolve_and_forget() -> Result<()> {
                  "dev", "veth0", "nud", "permanent"])?;
         nl.resolve(index, fixed).await?;
         let shown = l.ip_a(&["neigh", "show", "192.0.2.3", "dev", "veth0"])?;
-        assert!(
-            shown.contains("PERMANENT") && !shown.contains("managed"),
-            "{shown}"
-        );
+        assert!(shown.contains("PERMANENT") && !shown.contains("managed"), "{shown}");
         nl.forget(index, fixed).await?;
         assert_eq!(nl.neighbours(index).await?.get(&fixed), Some(&fixed_mac));
         Ok(())
@@ -324,11 +274,7 @@ fn netlink_resolve_follows_mac_change() -> Result<()> {
                    &format!("{}=1", key("delay_first_probe_time")),
                    &format!("{}=200", key("retrans_time_ms"))])
             .output()?;
-        ensure!(
-            out.status.success(),
-            "sysctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
     }
     let index = lab.veth0_index()?;
     let l = lab.clone();
@@ -342,15 +288,7 @@ fn netlink_resolve_follows_mac_change() -> Result<()> {
 
         // The peer changes its MAC without telling anyone (no gratuitous ARP / NA).
         let new_mac = [0x02, 0x4c, 0x42, 0x6e, 0x6c, 0x1b];
-        ip(&[
-            "-n",
-            &l.b,
-            "link",
-            "set",
-            "veth1",
-            "address",
-            &mac_str(new_mac),
-        ])?;
+        ip(&["-n", &l.b, "link", "set", "veth1", "address", &mac_str(new_mac)])?;
         let took = wait_for_mac(&l, &nl, index, &peers, new_mac, Duration::from_secs(20)).await?;
         eprintln!("followed the MAC change of {peers:?} in {took:?}");
 

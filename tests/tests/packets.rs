@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
 use lb_agent::dataplane::xdp::XdpDataplane;
-use lb_agent::dataplane::{Dataplane, SnapBackend, Snapshot};
+use lb_agent::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
 use lb_agent::explain::{explain, Query, Reason};
 use lb_agent::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::model::Vip;
@@ -30,18 +30,21 @@ fn mac(last: u8) -> [u8; 6] {
     [0x02, 0xbe, 0, 0, 0, last]
 }
 fn backend(addr: &str, weight: u32, last: u8) -> SnapBackend {
-    SnapBackend { addr: ip(addr), weight, mac: Some(mac(last)), draining: false }
+    SnapBackend::steady(ip(addr), weight, Some(mac(last)))
+}
+fn vip_of(backends: Vec<SnapBackend>) -> SnapVip {
+    SnapVip { backends, affinity_timeout_s: 0 }
 }
 
 fn snapshot() -> Snapshot {
     let mut s = Snapshot::default();
     let v4 = vec![backend("10.0.0.2", 1, 2), backend("10.0.0.3", 2, 3), backend("10.0.0.4", 3, 4)];
-    s.vips.insert(vip("192.0.2.10:80/tcp"), v4.clone());
-    s.vips.insert(vip("192.0.2.10:53/udp"), v4);
+    s.vips.insert(vip("192.0.2.10:80/tcp"), vip_of(v4.clone()));
+    s.vips.insert(vip("192.0.2.10:53/udp"), vip_of(v4));
     let v6 = vec![backend("2001:db8::2", 1, 0x62), backend("2001:db8::3", 1, 0x63)];
-    s.vips.insert(vip("[2001:db8::10]:80/tcp"), v6.clone());
-    s.vips.insert(vip("[2001:db8::10]:53/udp"), v6);
-    s.vips.insert(vip("192.0.2.11:80/tcp"), vec![]);
+    s.vips.insert(vip("[2001:db8::10]:80/tcp"), vip_of(v6.clone()));
+    s.vips.insert(vip("[2001:db8::10]:53/udp"), vip_of(v6));
+    s.vips.insert(vip("192.0.2.11:80/tcp"), vip_of(vec![]));
     s
 }
 
@@ -52,9 +55,16 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let opts = LoadOptions { table_size: TABLE, max_vips: 8, max_backends: 64, max_flows: 4096, hash_seed: SEED, lb_mac: LB_MAC };
-        let loader::Loaded { ebpf, maps, .. } = loader::load(&opts, None).expect("load XDP object");
-        let mut dp = XdpDataplane::new(maps, opts.max_backends);
+        let opts = LoadOptions {
+            table_size: TABLE,
+            max_vips: 8,
+            max_backends: 64,
+            max_flows: 4096,
+            hash_seed: SEED,
+            lb_mac: LB_MAC,
+        };
+        let loader::Loaded { ebpf, maps, .. } = loader::load(&opts).expect("load XDP object");
+        let mut dp = XdpDataplane::new(maps, &opts);
         dp.apply(&snapshot()).expect("apply");
         Lab { ebpf, dp }
     }
@@ -63,9 +73,7 @@ impl Lab {
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = loader::program(&self.ebpf, PROG_LB).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() };
         let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -129,7 +137,11 @@ fn packet_table() {
     // Forwarded: IPv4/IPv6 x TCP/UDP, with options, SYN and non-SYN.
     let forwarded: Vec<(&str, Frame, &str)> = vec![
         ("v4 tcp syn", Frame::new(c4, ip("192.0.2.10"), TCP, 40000, 80), "192.0.2.10:80/tcp"),
-        ("v4 tcp ack", Frame { tcp_flags: ACK, ..Frame::new(c4, ip("192.0.2.10"), TCP, 40001, 80) }, "192.0.2.10:80/tcp"),
+        (
+            "v4 tcp ack",
+            Frame { tcp_flags: ACK, ..Frame::new(c4, ip("192.0.2.10"), TCP, 40001, 80) },
+            "192.0.2.10:80/tcp",
+        ),
         ("v4 udp", Frame::new(c4, ip("192.0.2.10"), UDP, 5353, 53), "192.0.2.10:53/udp"),
         ("v6 tcp", Frame::new(c6, ip("2001:db8::10"), TCP, 40000, 80), "[2001:db8::10]:80/tcp"),
         ("v6 udp", Frame::new(c6, ip("2001:db8::10"), UDP, 5353, 53), "[2001:db8::10]:53/udp"),
@@ -156,8 +168,18 @@ fn packet_table() {
         ("ethernet only", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..14].to_vec(), XDP_PASS, reasons::PASS_TRUNCATED),
         ("short ip header", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..30].to_vec(), XDP_PASS, reasons::PASS_TRUNCATED),
         ("short tcp header", truncated_tcp, XDP_PASS, reasons::PASS_TRUNCATED),
-        ("first fragment", Frame { frag: 0x2000, ..Frame::new(c4, vip4, TCP, 40000, 80) }.bytes(), XDP_PASS, reasons::PASS_FRAGMENT),
-        ("later fragment", Frame { frag: 0x0010, ..Frame::new(c4, vip4, UDP, 40000, 53) }.bytes(), XDP_PASS, reasons::PASS_FRAGMENT),
+        (
+            "first fragment",
+            Frame { frag: 0x2000, ..Frame::new(c4, vip4, TCP, 40000, 80) }.bytes(),
+            XDP_PASS,
+            reasons::PASS_FRAGMENT,
+        ),
+        (
+            "later fragment",
+            Frame { frag: 0x0010, ..Frame::new(c4, vip4, UDP, 40000, 53) }.bytes(),
+            XDP_PASS,
+            reasons::PASS_FRAGMENT,
+        ),
         (
             "v6 hop-by-hop",
             Frame { v6_ext: Some(0), ..Frame::new(c6, ip("2001:db8::10"), TCP, 40000, 80) }.bytes(),
@@ -211,8 +233,9 @@ fn changed_slots_keep_established_flows() {
     let before: Vec<[u8; 6]> = flows.iter().map(|f| lab.run(&f.bytes()).1[..6].try_into().unwrap()).collect();
 
     let mut snap = snapshot();
-    let list = snap.vips.get_mut(&vip(v)).unwrap();
+    let list = &mut snap.vips.get_mut(&vip(v)).unwrap().backends;
     list[0].weight = 6; // 10.0.0.2: 1 -> 6
+    list[0].target = 6;
     list.push(backend("10.0.0.5", 3, 5));
     let report = lab.dp.apply(&snap).unwrap();
     assert!(report.writes > 0);

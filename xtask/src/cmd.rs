@@ -24,10 +24,7 @@ pub fn display(cmd: &Command) -> String {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     println!("+ {shown}");
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot start `{shown}`"))?;
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status})");
     }
@@ -37,10 +34,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` quietly and returns its stdout; fails (with its stderr) unless it succeeds.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{shown}`"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{shown}`"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!("`{shown}` failed ({}): {}", out.status, stderr.trim());
@@ -53,20 +47,15 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 pub fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     let shown = display(cmd);
     println!("+ {shown}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start `{shown}`"))?;
     let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut captured = Vec::new();
     let mut line = Vec::new();
     let stdout = std::io::stdout();
     loop {
         line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading the output of `{shown}`"))?;
+        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("reading the output of `{shown}`"))?;
         if n == 0 {
             break;
         }
@@ -76,9 +65,7 @@ pub fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
         let _ = out.flush();
         captured.extend_from_slice(&line);
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
     Ok((status, String::from_utf8_lossy(&captured).into_owned()))
 }
 

@@ -14,11 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "Tasks of the XDP load balancer workspace"
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Tasks of the XDP load balancer workspace")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -70,10 +66,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
 }
 
 /// `cargo install` puts bpf-linker in `$CARGO_HOME/bin`; the eBPF build finds it on PATH.
@@ -99,10 +92,5 @@ fn run_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
     setup::run()?;
     // The demo and the benchmarks start the real agent binary.
     cmd::run(cmd::cargo().current_dir(root).args(["build", "--release", "-p", "lb-agent"]))?;
-    cmd::run(
-        cmd::cargo()
-            .current_dir(root)
-            .args(["run", "--release", "-p", "lb-tests", "--bin", bin, "--"])
-            .args(args),
-    )
+    cmd::run(cmd::cargo().current_dir(root).args(["run", "--release", "-p", "lb-tests", "--bin", bin, "--"]).args(args))
 }

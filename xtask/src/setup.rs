@@ -63,55 +63,31 @@ fn is_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
-        .map(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
-        })
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
         .unwrap_or(false)
 }
 
 /// Returns whether anything was installed.
 fn debian_packages() -> Result<bool> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !is_installed(p))
-        .collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !is_installed(p)).collect();
     if missing.is_empty() {
-        println!(
-            "setup: Debian packages: all {} present, skipped",
-            DEBIAN_PACKAGES.len()
-        );
+        println!("setup: Debian packages: all {} present, skipped", DEBIAN_PACKAGES.len());
         return Ok(false);
     }
     println!("setup: Debian packages: installing {}", missing.join(" "));
     if !is_root() {
-        bail!(
-            "installing Debian packages ({}) needs root",
-            missing.join(" ")
-        );
+        bail!("installing Debian packages ({}) needs root", missing.join(" "));
     }
-    cmd::run(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    cmd::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    let still: Vec<&str> = missing
-        .iter()
-        .copied()
-        .filter(|p| !is_installed(p))
-        .collect();
+    let still: Vec<&str> = missing.iter().copied().filter(|p| !is_installed(p)).collect();
     if !still.is_empty() {
-        bail!(
-            "apt-get install finished but these packages are still not installed: {}",
-            still.join(" ")
-        );
+        bail!("apt-get install finished but these packages are still not installed: {}", still.join(" "));
     }
     Ok(true)
 }
@@ -196,21 +172,9 @@ pub fn check() -> Result<()> {
         }
         Err(e) => missing.push(format!("{what} ({e:#}; {fix})")),
     };
-    probe(
-        "rustc",
-        Command::new(ebpf::BPF_RUSTC).arg("--version"),
-        "Debian package rustc-web",
-    );
-    probe(
-        "bpf-linker",
-        Command::new("bpf-linker").arg("--version"),
-        "cargo install bpf-linker",
-    );
-    probe(
-        "bpftool",
-        Command::new("bpftool").arg("version"),
-        "Debian package bpftool",
-    );
+    probe("rustc", Command::new(ebpf::BPF_RUSTC).arg("--version"), "Debian package rustc-web");
+    probe("bpf-linker", Command::new("bpf-linker").arg("--version"), "cargo install bpf-linker");
+    probe("bpftool", Command::new("bpftool").arg("version"), "Debian package bpftool");
     if Path::new(RUST_SRC_CORE).is_dir() {
         println!("setup: check rust library source: {RUST_SRC_CORE}");
     } else {

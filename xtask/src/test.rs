@@ -11,13 +11,7 @@ pub fn run(root: &Path) -> Result<()> {
     setup::run()?;
 
     // lb-common's tests need its `user` feature, which a workspace run would not select.
-    cmd::run(cmd::cargo().current_dir(root).args([
-        "test",
-        "-p",
-        "lb-common",
-        "--features",
-        "user",
-    ]))?;
+    cmd::run(cmd::cargo().current_dir(root).args(["test", "-p", "lb-common", "--features", "user"]))?;
     cmd::run(cmd::cargo().current_dir(root).args([
         "test",
         "--workspace",
@@ -34,14 +28,7 @@ pub fn run(root: &Path) -> Result<()> {
     let mut privileged = cmd::cargo();
     privileged
         .current_dir(root)
-        .args([
-            "test",
-            "-p",
-            "lb-tests",
-            "--release",
-            "--",
-            "--test-threads=1",
-        ])
+        .args(["test", "-p", "lb-tests", "--release", "--", "--test-threads=1"])
         .env("LB_SKIP_LOG", &skip_log);
     let shown = cmd::display(&privileged);
     let (status, out) = cmd::run_tee(&mut privileged)?;
@@ -51,20 +38,13 @@ pub fn run(root: &Path) -> Result<()> {
     let skips = parse_skips(&skips);
 
     if !status.success() {
-        bail!(
-            "`{shown}` failed ({status}): {passed} passed, {failed} failed, {} skipped",
-            skips.len()
-        );
+        bail!("`{shown}` failed ({status}): {passed} passed, {failed} failed, {} skipped", skips.len());
     }
     let ran = judge(passed, &skips)?;
     println!(
         "xtask test: ok — unit tests passed; privileged suite: {ran} ran, {} skipped{}",
         skips.len(),
-        if passed == 0 {
-            " (no privileged tests exist yet)"
-        } else {
-            ""
-        }
+        if passed == 0 { " (no privileged tests exist yet)" } else { "" }
     );
     Ok(())
 }
@@ -76,21 +56,14 @@ fn judge(passed: usize, skips: &[(String, String)]) -> Result<usize> {
         let mut reasons: Vec<&str> = skips.iter().map(|(_, r)| r.as_str()).collect();
         reasons.sort_unstable();
         reasons.dedup();
-        bail!(
-            "every privileged test skipped: {} ({} skipped of {passed})",
-            reasons.join("; "),
-            skips.len()
-        );
+        bail!("every privileged test skipped: {} ({} skipped of {passed})", reasons.join("; "), skips.len());
     }
     Ok(passed.saturating_sub(skips.len()))
 }
 
 /// A new, empty file in the temp dir for `LB_SKIP_LOG`.
 fn fresh_skip_log() -> Result<std::path::PathBuf> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let path = std::env::temp_dir().join(format!("lb-skip-{}-{nanos}.log", std::process::id()));
     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
@@ -103,10 +76,7 @@ fn count_results(output: &str) -> (usize, usize) {
         let Some(rest) = line.trim_start().strip_prefix("test result:") else {
             continue;
         };
-        let words: Vec<&str> = rest
-            .split(|c: char| c == ';' || c.is_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
+        let words: Vec<&str> = rest.split(|c: char| c == ';' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
         for pair in words.windows(2) {
             let Ok(n) = pair[0].parse::<usize>() else {
                 continue;
@@ -153,10 +123,7 @@ mod tests {
     fn all_skipped_fails() {
         let skip = |t: &str| (t.to_string(), "needs root".to_string());
         let err = judge(2, &[skip("a"), skip("b")]).unwrap_err().to_string();
-        assert!(
-            err.starts_with("every privileged test skipped: needs root"),
-            "{err}"
-        );
+        assert!(err.starts_with("every privileged test skipped: needs root"), "{err}");
         assert!(judge(0, &[skip("a")]).is_err());
         assert_eq!(judge(3, &[skip("a")]).unwrap(), 2);
         assert_eq!(judge(0, &[]).unwrap(), 0);

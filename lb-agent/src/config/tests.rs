@@ -14,11 +14,17 @@ fn flags(args: &[(&str, &str)]) -> Vec<RawVip> {
 
 #[test]
 fn backends_belong_to_the_vip_before_them() {
-    let raw = flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=3"), ("b", "10.0.0.2"), ("vip", "192.0.2.1:53/udp"), ("b", "10.0.0.3=0")]);
+    let raw = flags(&[
+        ("vip", "192.0.2.1:80/tcp"),
+        ("b", "10.0.0.1=3"),
+        ("b", "10.0.0.2"),
+        ("vip", "192.0.2.1:53/udp"),
+        ("b", "10.0.0.3=0"),
+    ]);
     let cfg = build(Some("eth0".into()), None, raw, None).unwrap();
     let tcp: Vip = "192.0.2.1:80/tcp".parse().unwrap();
     let udp: Vip = "192.0.2.1:53/udp".parse().unwrap();
-    let w = |v: &Vip| cfg.desired.vips[v].iter().map(|b| (b.addr.to_string(), b.weight)).collect::<Vec<_>>();
+    let w = |v: &Vip| cfg.desired.vips[v].backends.iter().map(|b| (b.addr.to_string(), b.weight)).collect::<Vec<_>>();
     assert_eq!(w(&tcp), vec![("10.0.0.1".into(), 3), ("10.0.0.2".into(), 1)]);
     assert_eq!(w(&udp), vec![("10.0.0.3".into(), 0)]);
 }
@@ -32,6 +38,7 @@ fn orphan_backend() {
 
 /// A table of invalid inputs and the (field, problem) each must report.
 #[test]
+#[allow(clippy::type_complexity)]
 fn invalid_inputs_name_the_field() {
     let cases: Vec<(Vec<(&str, &str)>, &str, Problem)> = vec![
         (vec![("vip", "192.0.2.1:80")], "--vip", Problem::Vip(VipSyntax::Shape)),
@@ -43,7 +50,11 @@ fn invalid_inputs_name_the_field() {
         (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=-1")], "--backend", Problem::Weight),
         (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=heavy")], "--backend", Problem::Weight),
         (vec![("vip", "192.0.2.1:80/tcp"), ("b", "2001:db8::1")], "--backend", Problem::Family { vip: 4, backend: 6 }),
-        (vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("b", "10.0.0.1=2")], "--backend", Problem::DuplicateBackend),
+        (
+            vec![("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("b", "10.0.0.1=2")],
+            "--backend",
+            Problem::DuplicateBackend,
+        ),
         (vec![("vip", "192.0.2.1:80/tcp"), ("vip", "192.0.2.1:80/TCP")], "--vip", Problem::DuplicateVip),
     ];
     for (args, field, problem) in cases {
@@ -60,7 +71,8 @@ fn iface_is_required() {
 
 #[test]
 fn message_is_one_clear_line() {
-    let err = build(Some("eth0".into()), None, flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=70000")]), None).unwrap_err();
+    let err = build(Some("eth0".into()), None, flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1=70000")]), None)
+        .unwrap_err();
     assert_eq!(err.to_string(), "--backend \"10.0.0.1=70000\": weight must be a whole number from 0 to 65535");
 }
 
@@ -81,7 +93,7 @@ fn file_config_and_flags_merge() {
     assert_eq!(cfg.xdp_mode, XdpModeChoice::Generic);
     assert_eq!(cfg.desired.vips.len(), 2);
     let v6: Vip = "[2001:db8::10]:443/tcp".parse().unwrap();
-    assert_eq!(cfg.desired.vips[&v6][0].weight, 5);
+    assert_eq!(cfg.desired.vips[&v6].backends[0].weight, 5);
     // Flags win.
     let cfg = build(Some("eth9".into()), Some(XdpModeChoice::Native), vec![], Some(&file)).unwrap();
     assert_eq!((cfg.iface.as_str(), cfg.xdp_mode), ("eth9", XdpModeChoice::Native));
@@ -105,9 +117,75 @@ fn file_errors_name_the_field() {
 
 #[test]
 fn one_bad_vip_does_not_hide_the_others() {
-    let raw = flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("vip", "nonsense"), ("vip", "192.0.2.2:80/tcp")]);
+    let raw =
+        flags(&[("vip", "192.0.2.1:80/tcp"), ("b", "10.0.0.1"), ("vip", "nonsense"), ("vip", "192.0.2.2:80/tcp")]);
     let (desired, errors) = validate_vips(&raw);
     assert_eq!(desired.vips.len(), 2);
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].value, "nonsense");
+}
+
+#[test]
+fn vip_settings_from_the_file() {
+    let file: FileConfig = toml::from_str(
+        r#"
+        [[vip]]
+        address = "192.0.2.1:80/tcp"
+        ramp_step = 25
+        ramp_interval = "500ms"
+        session_affinity = "ClientIP"
+        affinity_timeout = 60
+        backend = [ { address = "10.0.0.1", start_progress = 40 }, { address = "10.0.0.2", draining = true } ]
+        [[vip]]
+        address = "192.0.2.1:81/tcp"
+        session_affinity = "ClientIP"
+        "#,
+    )
+    .unwrap();
+    let cfg = build(Some("x".into()), None, vec![], Some(&file)).unwrap();
+    let v: Vip = "192.0.2.1:80/tcp".parse().unwrap();
+    let spec = &cfg.desired.vips[&v];
+    assert_eq!(spec.ramp, Some(RampPolicy { step: 25, interval: std::time::Duration::from_millis(500) }));
+    assert_eq!(spec.affinity_timeout_s, 60);
+    assert_eq!(spec.backends[0].start_progress, Some(40));
+    assert!(spec.backends[1].draining);
+    let v81: Vip = "192.0.2.1:81/tcp".parse().unwrap();
+    assert_eq!(cfg.desired.vips[&v81].affinity_timeout_s, DEFAULT_AFFINITY_TIMEOUT_S);
+    assert_eq!(cfg.desired.vips[&v81].ramp, None);
+}
+
+#[test]
+fn vip_setting_errors_name_the_field() {
+    let cases = [
+        ("ramp_step = 0", "vip[0].ramp_step", Problem::Percent { min: 1 }),
+        ("ramp_step = 101", "vip[0].ramp_step", Problem::Percent { min: 1 }),
+        ("ramp_interval = \"soon\"", "vip[0].ramp_interval", Problem::Duration),
+        ("ramp_interval = 0", "vip[0].ramp_interval", Problem::Duration),
+        ("session_affinity = \"Cookie\"", "vip[0].session_affinity", Problem::Affinity),
+        ("session_affinity = \"ClientIP\"\naffinity_timeout = \"1ms\"", "vip[0].affinity_timeout", Problem::Duration),
+    ];
+    for (line, field, problem) in cases {
+        let text = format!("[[vip]]\naddress = \"192.0.2.1:80/tcp\"\n{line}\n");
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let err = build(Some("x".into()), None, vec![], Some(&file)).unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem), (field, problem), "{line}");
+    }
+    let file: FileConfig = toml::from_str(
+        "[[vip]]\naddress = \"192.0.2.1:80/tcp\"\nbackend = [ { address = \"10.0.0.1\", start_progress = 120 } ]\n",
+    )
+    .unwrap();
+    let err = build(Some("x".into()), None, vec![], Some(&file)).unwrap_err();
+    assert_eq!(err.field, "vip[0].backend[0].start_progress");
+}
+
+#[test]
+fn durations() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("3h"), Some(Duration::from_secs(10_800)));
+    assert_eq!(parse_duration("42"), Some(Duration::from_secs(42)));
+    assert_eq!(parse_duration("ten"), None);
+    assert_eq!(parse_duration("-1s"), None);
 }

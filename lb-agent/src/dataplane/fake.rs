@@ -1,6 +1,6 @@
 //! A data plane that only remembers: for tests of everything above the trait.
 
-use super::{ApplyReport, Dataplane, Snapshot};
+use super::{ApplyReport, Dataplane, Maintenance, Snapshot};
 
 #[derive(Default)]
 pub struct FakeDataplane {
@@ -32,5 +32,16 @@ impl Dataplane for FakeDataplane {
             self.applied.push(snapshot.clone());
         }
         Ok(report)
+    }
+
+    /// The fake has no flows: every draining backend counts as empty.
+    fn maintain(&mut self, _idle: std::time::Duration) -> Result<Maintenance, Self::Error> {
+        let mut m = Maintenance::default();
+        for (vip, v) in &self.current.vips {
+            for b in v.backends.iter().filter(|b| b.draining) {
+                m.live_flows.insert((*vip, b.addr), 0);
+            }
+        }
+        Ok(m)
     }
 }

@@ -21,12 +21,40 @@ pub struct SnapBackend {
     pub mac: Option<[u8; 6]>,
     /// Leaving: weight 0, established flows continue.
     pub draining: bool,
+    /// For the record (status, restart): target weight, ramp progress in percent, and
+    /// Unix ms of the last ramp step or of the drain start.
+    pub target: u32,
+    pub progress: u32,
+    pub since_ms: u64,
+}
+
+impl SnapBackend {
+    /// A backend at full weight, with nothing ramping or draining.
+    pub fn steady(addr: IpAddr, weight: u32, mac: Option<[u8; 6]>) -> Self {
+        SnapBackend { addr, weight, mac, draining: false, target: weight, progress: 100, since_ms: 0 }
+    }
+}
+
+/// One VIP as a data plane must program it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapVip {
+    pub backends: Vec<SnapBackend>,
+    /// Client-address affinity timeout; 0 = no affinity.
+    pub affinity_timeout_s: u32,
 }
 
 /// Everything a data plane must hold: every VIP with its backends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub vips: BTreeMap<Vip, Vec<SnapBackend>>,
+    pub vips: BTreeMap<Vip, SnapVip>,
+}
+
+/// What periodic maintenance found: live flows per backend (`None` where the data plane
+/// cannot count them) and how many table slots it settled back to stable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub live_flows: BTreeMap<(Vip, IpAddr), u64>,
+    pub settled_slots: usize,
 }
 
 /// What an apply changed.
@@ -50,11 +78,14 @@ pub trait Dataplane {
     type Error: std::error::Error + Send + Sync + 'static;
     /// Makes the data plane hold exactly `snapshot`.
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error>;
+    /// Counts live flows (for drains) and tidies up; `idle` is how long a flow may be
+    /// silent and still count as live.
+    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, Self::Error>;
 }
 
 /// The data plane in use: a closed set, chosen once at startup.
 pub enum AnyDataplane {
-    Xdp(xdp::XdpDataplane),
+    Xdp(Box<xdp::XdpDataplane>),
     Fake(fake::FakeDataplane),
 }
 
@@ -72,6 +103,12 @@ impl Dataplane for AnyDataplane {
         Ok(match self {
             AnyDataplane::Xdp(d) => d.apply(snapshot)?,
             AnyDataplane::Fake(d) => d.apply(snapshot)?,
+        })
+    }
+    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, AnyError> {
+        Ok(match self {
+            AnyDataplane::Xdp(d) => d.maintain(idle)?,
+            AnyDataplane::Fake(d) => d.maintain(idle)?,
         })
     }
 }

@@ -67,7 +67,7 @@ mod tests {
             (e(N, N), 4, vec![], e(4, 4)), // empty slot: new backend starts stable
             (e(1, 1), N, vec![], e(N, 1)), // all weights gone: old flows still go to 1
             (e(N, 1), 1, vec![], e(1, P)),
-            (e(2, P), N, vec![], e(N, P)), // no backend, but pinned flows continue
+            (e(2, P), N, vec![], e(N, P)),  // no backend, but pinned flows continue
             (e(1, 1), 2, vec![1], e(2, P)), // prev removed: transition without prev
             (e(2, 1), 2, vec![1], e(2, P)),
             (e(2, P), 3, vec![2], e(3, P)),

@@ -39,7 +39,11 @@ fn print_split(what: &str, names: &[String]) {
     let got = split(names);
     for (i, w) in WEIGHTS.iter().enumerate() {
         let share = got.get(&format!("b{i}")).copied().unwrap_or(0.0);
-        println!("    b{i} (weight {w}): {:5.1} %   (weight share {:5.1} %)", share * 100.0, *w as f64 * 100.0 / total as f64);
+        println!(
+            "    b{i} (weight {w}): {:5.1} %   (weight share {:5.1} %)",
+            share * 100.0,
+            *w as f64 * 100.0 / total as f64
+        );
     }
 }
 

@@ -1,0 +1,70 @@
+//! Adopting pinned maps after an agent restart: the data plane's bookkeeping is read
+//! back from `VIPS` and `BACKENDS` (tables stay where they are), so the next apply writes
+//! only what really changed, and ramp and drain state is handed back to the ramp.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use lb_common::{Backend, BACKEND_F_DRAINING, BACKEND_F_PRESENT};
+
+use super::{BackendState, VipState, XdpDataplane, XdpError};
+use crate::loader::{LoadOptions, Maps};
+use crate::model::{addr_from_bytes, Vip};
+
+/// A backend found in adopted maps, with what the ramp needs to continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdoptedBackend {
+    pub vip: Vip,
+    pub addr: IpAddr,
+    pub target: u32,
+    pub progress: u32,
+    pub since_ms: u64,
+    pub draining: bool,
+}
+
+impl XdpDataplane {
+    /// A data plane over pinned maps that an earlier agent wrote.
+    pub fn adopt(maps: Maps, opts: &LoadOptions) -> Result<(Self, Vec<AdoptedBackend>), XdpError> {
+        let read = |map, source| XdpError::Read { map, source };
+        let mut dp = XdpDataplane::new(maps, opts);
+        let metas: Vec<_> = dp.maps.vips.iter().collect::<Result<_, _>>().map_err(|e| read("VIPS", e))?;
+        let mut by_vip_id: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for (id, b) in dp.maps.backends.iter().enumerate() {
+            let b = b.map_err(|e| read("BACKENDS", e))?;
+            if b.flags & BACKEND_F_PRESENT != 0 {
+                by_vip_id.entry(b.vip_id).or_default().push((id as u32, b));
+            }
+        }
+        let mut adopted = Vec::new();
+        for (key, meta) in metas {
+            let Some(vip) = Vip::from_key(&key) else { continue };
+            dp.vip_ids.claim(meta.id);
+            let mut backends = BTreeMap::new();
+            for (id, b) in by_vip_id.remove(&meta.id).unwrap_or_default() {
+                let addr = addr_from_bytes(b.family, &b.addr);
+                dp.backend_ids.claim(id);
+                backends.insert(addr, BackendState { id, written: b });
+                adopted.push(AdoptedBackend {
+                    vip,
+                    addr,
+                    target: b.target_weight,
+                    progress: b.progress,
+                    since_ms: b.since_unix_ms,
+                    draining: b.flags & BACKEND_F_DRAINING != 0,
+                });
+            }
+            let live = dp.maps.tables.read(meta.id, meta.half);
+            let state = VipState {
+                id: meta.id,
+                meta,
+                backends,
+                applied: None,
+                table_changed_at: Instant::now(),
+                in_transition: live.iter().any(|e| e.backend != e.prev),
+            };
+            dp.vips.insert(vip, state);
+        }
+        Ok((dp, adopted))
+    }
+}

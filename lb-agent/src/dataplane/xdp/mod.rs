@@ -1,0 +1,319 @@
+//! The XDP data plane: turns snapshots into writes to the program's maps.
+//!
+//! Per VIP: backends get ids and `BACKENDS` entries; a weighted Maglev table is built
+//! and turned into the next generation of the VIP's table (see `table`); the slots that
+//! differ are written into the idle half, then one `VIPS` update flips the VIP to it,
+//! so a packet never sees half a table. A VIP whose input did not change is skipped, so
+//! a repeat of the same snapshot writes nothing.
+
+mod adopt;
+mod flows;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
+use lb_common::maglev::{self, Member};
+use lb_common::{
+    Backend, TableEntry, Traffic, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, BACKEND_F_PRESENT, NO_BACKEND,
+    VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
+};
+
+pub use adopt::AdoptedBackend;
+pub use flows::monotonic_coarse_ns;
+
+use super::{table, ApplyReport, Dataplane, Maintenance, SnapBackend, SnapVip, Snapshot};
+use crate::loader::{LoadOptions, Maps};
+use crate::model::{addr_bytes, family, Vip};
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("VIP {vip}: no room for another VIP (capacity {capacity}; raise --max-vips)")]
+    VipCapacity { vip: Vip, capacity: u32 },
+    #[error("VIP {vip}: no room for backend {backend} (capacity {capacity}; raise --max-backends)")]
+    BackendCapacity { vip: Vip, backend: IpAddr, capacity: u32 },
+    #[error("VIP {vip}: writing map {map}: {source}")]
+    Map {
+        vip: Vip,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading map {map}: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Hands out ids, reusing the longest-freed one last so a stale reference to a freed id
+/// is unlikely to meet a new owner soon.
+struct IdPool {
+    free: VecDeque<u32>,
+    capacity: u32,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        IdPool { free: (0..capacity).collect(), capacity }
+    }
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop_front()
+    }
+    fn give(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+    /// Marks an id in use (adoption).
+    fn claim(&mut self, id: u32) {
+        self.free.retain(|&f| f != id);
+    }
+}
+
+struct BackendState {
+    id: u32,
+    written: Backend,
+}
+
+struct VipState {
+    id: u32,
+    meta: VipMeta,
+    backends: BTreeMap<IpAddr, BackendState>,
+    /// The input last applied: the same input again is skipped.
+    applied: Option<SnapVip>,
+    /// When the table last changed, and whether slots may be in transition.
+    table_changed_at: Instant,
+    in_transition: bool,
+}
+
+pub struct XdpDataplane {
+    maps: Maps,
+    opts: LoadOptions,
+    vips: BTreeMap<Vip, VipState>,
+    vip_ids: IdPool,
+    backend_ids: IdPool,
+    nr_cpus: usize,
+}
+
+impl XdpDataplane {
+    /// A data plane over freshly created (empty) maps.
+    pub fn new(maps: Maps, opts: &LoadOptions) -> Self {
+        let vip_capacity = maps.tables.vip_capacity();
+        let nr_cpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1);
+        XdpDataplane {
+            maps,
+            opts: opts.clone(),
+            vips: BTreeMap::new(),
+            vip_ids: IdPool::new(vip_capacity),
+            backend_ids: IdPool::new(opts.max_backends),
+            nr_cpus,
+        }
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The id the data plane gave a backend of a VIP.
+    pub fn backend_id(&self, vip: &Vip, addr: IpAddr) -> Option<u32> {
+        self.vips.get(vip)?.backends.get(&addr).map(|b| b.id)
+    }
+
+    pub fn vip_id(&self, vip: &Vip) -> Option<u32> {
+        self.vips.get(vip).map(|v| v.id)
+    }
+
+    fn remove_vip(&mut self, vip: Vip) -> Result<usize, XdpError> {
+        let Some(state) = self.vips.remove(&vip) else { return Ok(0) };
+        let map_err = |map, source| XdpError::Map { vip, map, source };
+        // Unmatch first (packets pass to the kernel), then free what it used.
+        self.maps.vips.remove(&vip.key()).map_err(|e| map_err("VIPS", e))?;
+        let mut writes = 1;
+        for b in state.backends.values() {
+            self.maps.backends.set(b.id, Backend::default(), 0).map_err(|e| map_err("BACKENDS", e))?;
+            self.backend_ids.give(b.id);
+            writes += 1;
+        }
+        self.vip_ids.give(state.id);
+        Ok(writes)
+    }
+
+    fn new_vip(&mut self, vip: Vip) -> Result<(), XdpError> {
+        let id = self.vip_ids.take().ok_or(XdpError::VipCapacity { vip, capacity: self.vip_ids.capacity })?;
+        reset_counter(&mut self.maps.vip_stats, self.nr_cpus, id).map_err(|source| XdpError::Map {
+            vip,
+            map: "VIP_STATS",
+            source,
+        })?;
+        let state = VipState {
+            id,
+            meta: VipMeta::default(),
+            backends: BTreeMap::new(),
+            applied: None,
+            table_changed_at: Instant::now(),
+            in_transition: false,
+        };
+        self.vips.insert(vip, state);
+        Ok(())
+    }
+
+    fn apply_vip(&mut self, vip: Vip, wanted: &SnapVip, report: &mut ApplyReport) -> Result<(), XdpError> {
+        let is_new = !self.vips.contains_key(&vip);
+        if is_new {
+            self.new_vip(vip)?;
+        } else if self.vips[&vip].applied.as_ref() == Some(wanted) {
+            return Ok(());
+        }
+        let mut writes = self.write_backends(vip, &wanted.backends)?;
+        let assigned = self.assign(&wanted.backends, &vip);
+        let state = self.vips.get_mut(&vip).expect("present");
+        let removed: Vec<u32> = state
+            .backends
+            .iter()
+            .filter(|(a, _)| !wanted.backends.iter().any(|w| w.addr == **a))
+            .map(|(_, b)| b.id)
+            .collect();
+        let next: Option<Vec<TableEntry>> = if is_new {
+            Some(table::fresh_entries(&assigned))
+        } else {
+            let live = self.maps.tables.read(state.id, state.meta.half);
+            let next = table::next_entries(&live, &assigned, |id| removed.contains(&id));
+            (next != live).then_some(next)
+        };
+        let mut meta = state.meta;
+        meta.id = state.id;
+        meta.affinity_timeout_s = wanted.affinity_timeout_s;
+        meta.flags = if wanted.affinity_timeout_s > 0 { VIP_F_AFFINITY } else { 0 } | (meta.flags & VIP_F_NO_BACKENDS);
+        if let Some(next) = &next {
+            let idle = if is_new { 0 } else { 1 - state.meta.half };
+            writes += self.maps.tables.write_diff(state.id, idle, next);
+            meta.half = idle;
+            let empty = next.iter().all(|e| e.backend == NO_BACKEND && e.prev == NO_BACKEND);
+            meta.flags = (meta.flags & !VIP_F_NO_BACKENDS) | if empty { VIP_F_NO_BACKENDS } else { 0 };
+            state.table_changed_at = Instant::now();
+            state.in_transition = next.iter().any(|e| e.backend != e.prev);
+        }
+        if is_new || meta != state.meta {
+            // The flip: one update makes the new table (and settings) live.
+            self.maps.vips.insert(vip.key(), meta, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;
+            state.meta = meta;
+            writes += 1;
+        }
+        // Backends that left are unreachable from the live table now.
+        for id in removed {
+            state.backends.retain(|_, b| b.id != id);
+            self.maps.backends.set(id, Backend::default(), 0).map_err(|source| XdpError::Map {
+                vip,
+                map: "BACKENDS",
+                source,
+            })?;
+            self.backend_ids.give(id);
+            writes += 1;
+        }
+        state.applied = Some(wanted.clone());
+        if is_new {
+            report.vips_added += 1;
+        } else if writes > 0 {
+            report.vips_changed += 1;
+        }
+        report.writes += writes;
+        Ok(())
+    }
+
+    /// The Maglev assignment (backend ids per slot) over the backends that can take
+    /// new flows: weight above 0 and a known MAC.
+    fn assign(&self, wanted: &[SnapBackend], vip: &Vip) -> Vec<u32> {
+        let state = &self.vips[vip];
+        let keys: Vec<[u8; 16]> = wanted.iter().map(|b| addr_bytes(b.addr)).collect();
+        let members: Vec<Member<'_>> = wanted
+            .iter()
+            .zip(&keys)
+            .map(|(b, k)| Member { key: k, weight: if b.mac.is_some() && !b.draining { b.weight } else { 0 } })
+            .collect();
+        let ids: Vec<u32> = wanted.iter().map(|b| state.backends[&b.addr].id).collect();
+        maglev::build(&members, self.opts.table_size)
+            .into_iter()
+            .map(|i| if i == maglev::NO_ENTRY { NO_BACKEND } else { ids[i as usize] })
+            .collect()
+    }
+
+    /// Gives every wanted backend an id and writes the `BACKENDS` entries that changed.
+    fn write_backends(&mut self, vip: Vip, wanted: &[SnapBackend]) -> Result<usize, XdpError> {
+        let map_err = |map, source| XdpError::Map { vip, map, source };
+        let vip_id = self.vips[&vip].id;
+        let mut writes = 0;
+        for b in wanted {
+            let value = backend_value(b, vip_id);
+            let existing = self.vips[&vip].backends.get(&b.addr).map(|s| (s.id, s.written));
+            let id = match existing {
+                Some((id, written)) if written == value => id,
+                Some((id, _)) => {
+                    self.maps.backends.set(id, value, 0).map_err(|e| map_err("BACKENDS", e))?;
+                    writes += 1;
+                    id
+                }
+                None => {
+                    let capacity = self.backend_ids.capacity;
+                    let id =
+                        self.backend_ids.take().ok_or(XdpError::BackendCapacity { vip, backend: b.addr, capacity })?;
+                    reset_counter(&mut self.maps.backend_stats, self.nr_cpus, id)
+                        .map_err(|e| map_err("BACKEND_STATS", e))?;
+                    self.maps.backends.set(id, value, 0).map_err(|e| map_err("BACKENDS", e))?;
+                    writes += 2;
+                    id
+                }
+            };
+            self.vips.get_mut(&vip).expect("present").backends.insert(b.addr, BackendState { id, written: value });
+        }
+        Ok(writes)
+    }
+}
+
+fn backend_value(b: &SnapBackend, vip_id: u32) -> Backend {
+    let mut flags = BACKEND_F_PRESENT;
+    if b.mac.is_some() {
+        flags |= BACKEND_F_ACTIVE;
+    }
+    if b.draining {
+        flags |= BACKEND_F_DRAINING;
+    }
+    Backend {
+        addr: addr_bytes(b.addr),
+        mac: b.mac.unwrap_or_default(),
+        flags,
+        family: family(b.addr),
+        vip_id,
+        weight: if b.mac.is_some() && !b.draining { b.weight } else { 0 },
+        target_weight: b.target,
+        progress: b.progress,
+        since_unix_ms: b.since_ms,
+    }
+}
+
+/// Zeroes a reused id's counters.
+fn reset_counter(stats: &mut PerCpuArray<MapData, Traffic>, nr_cpus: usize, id: u32) -> Result<(), MapError> {
+    let zero = PerCpuValues::try_from(vec![Traffic::default(); nr_cpus]).map_err(MapError::IoError)?;
+    stats.set(id, zero, 0)
+}
+
+impl Dataplane for XdpDataplane {
+    type Error = XdpError;
+
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, XdpError> {
+        let mut report = ApplyReport::default();
+        let gone: Vec<Vip> = self.vips.keys().filter(|v| !snapshot.vips.contains_key(v)).copied().collect();
+        for vip in gone {
+            report.writes += self.remove_vip(vip)?;
+            report.vips_removed += 1;
+        }
+        for (vip, wanted) in &snapshot.vips {
+            self.apply_vip(*vip, wanted, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, XdpError> {
+        flows::maintain(self, idle)
+    }
+}

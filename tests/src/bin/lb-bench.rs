@@ -1,0 +1,121 @@
+//! `cargo xtask bench`: the XDP program's per-packet cost through BPF_PROG_TEST_RUN
+//! and the Maglev build time, printed and written to BENCHMARKS.md.
+//!
+//! Usage: `lb-bench [--quick] [--out PATH]`. Needs root (BPF), no network namespaces.
+
+#[path = "lb-bench/cases.rs"]
+mod cases;
+#[path = "lb-bench/maglev.rs"]
+mod maglev;
+#[path = "lb-bench/report.rs"]
+mod report;
+#[path = "lb-bench/stats.rs"]
+mod stats;
+#[path = "lb-bench/xdp.rs"]
+mod xdp;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
+const USAGE: &str = "usage: lb-bench [--quick] [--out PATH]";
+
+/// How much to measure.
+pub struct Plan {
+    pub quick: bool,
+    /// Rounds of the `repeat` cases.
+    pub rounds: usize,
+    /// Runs per BPF_PROG_TEST_RUN call in the `repeat` cases.
+    pub repeat: u32,
+    /// Distinct SYNs per new-flow case.
+    pub new_flows: usize,
+    pub maglev_builds: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan { quick, rounds: 3, repeat: 100_000, new_flows: 2_000, maglev_builds: 5 }
+        } else {
+            Plan { quick, rounds: 7, repeat: 1_000_000, new_flows: 20_000, maglev_builds: 30 }
+        }
+    }
+}
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args { quick: false, out: PathBuf::from(DEFAULT_OUT) };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = it.next().context("--out needs a path")?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(args)
+}
+
+/// Pins this thread to the CPU it is on: BPF_PROG_TEST_RUN runs on the calling CPU,
+/// so every case is measured on the same one.
+fn pin_to_current_cpu() -> Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t is zeroed, then filled
+    // with CPU_SET, and passed with its size.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu()).context("sched_getcpu")?;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+        Ok(cpu)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("lb-bench: {e:#}\n{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP lb-bench: needs root (loading BPF programs, BPF_PROG_TEST_RUN)");
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let plan = Plan::new(args.quick);
+    let machine = report::Machine::probe();
+    let cpu = pin_to_current_cpu()?;
+    let kind = if plan.quick { "quick" } else { "full" };
+    eprintln!("lb-bench: measuring on CPU {cpu} ({kind} run)");
+    let (packets, setup) = cases::measure(&plan)?;
+    let build = maglev::measure(plan.maglev_builds)?;
+    let tables = report::tables(&packets, &build);
+    println!("{tables}\n{}", report::notes(&setup));
+    let doc = report::document(&machine, &plan, &setup, &tables);
+    std::fs::write(&args.out, doc).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("lb-bench: wrote {}", args.out.display());
+    Ok(())
+}
