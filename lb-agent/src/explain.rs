@@ -83,7 +83,7 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
         let b = maps.backends.get(&id, 0)?;
         Ok((b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.id).then_some(b))
     };
-    let (id, reason) = if entry.backend == entry.prev {
+    let (id, reason) = if entry.backend == entry.prev && !affinity {
         (entry.backend, Reason::Stable)
     } else {
         let src_port_be = if affinity { 0 } else { q.src_port.to_be() };

@@ -4,6 +4,7 @@
 //! -> `dataplane::Dataplane`. Side effects (netlink, BPF maps) stay at the edges.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod explain;

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, env = "LB_PIN_ROOT", default_value = "/sys/fs/bpf/lb")]
         pin_root: PathBuf,
     },
+    /// VIPs and backends with weights, ramp and drain state, counters and the flow
+    /// table, read from the pinned maps (works while no agent runs).
+    Status(lb_agent::cli::status::StatusArgs),
+    /// Which backend the kernel picks for a flow, and why.
+    Explain(lb_agent::cli::explain::ExplainArgs),
+    /// Live view: packet and byte rates per VIP and backend, ramps, drains, verdicts.
+    Top(lb_agent::cli::top::TopArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -121,9 +128,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.run.log))
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -134,6 +144,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Cleanup { iface, pin_root }) => rt.block_on(agent::cleanup(&iface, &pin_root)),
+        Some(Command::Status(args)) => return lb_agent::cli::finish(lb_agent::cli::status::run(&args)),
+        Some(Command::Explain(args)) => return lb_agent::cli::finish(lb_agent::cli::explain::run(&args)),
+        Some(Command::Top(args)) => return lb_agent::cli::finish(lb_agent::cli::top::run(&args)),
         None => {
             let positions = |id: &str, values: &[String]| -> Vec<(usize, String)> {
                 matches.indices_of(id).map(|ix| ix.zip(values.iter().cloned()).collect()).unwrap_or_default()

@@ -79,7 +79,13 @@ fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), u32> 
     let affinity = meta.flags & VIP_F_AFFINITY != 0;
     let slot = maglev::slot_of(flow_hash(flow, affinity), size);
     let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
-    let id = if entry.backend == entry.prev { entry.backend } else { changed_slot(flow, meta, &entry, affinity) };
+    // Affinity VIPs pin every client (their pins must outlive table changes even for a
+    // client with no open connection), so they always take the flow-table path.
+    let id = if entry.backend == entry.prev && !affinity {
+        entry.backend
+    } else {
+        changed_slot(flow, meta, &entry, affinity)
+    };
     if id == NO_BACKEND {
         return Err(stats::DROP_NO_BACKEND);
     }
@@ -95,7 +101,7 @@ fn active(id: u32, vip_id: u32) -> Option<&'static Backend> {
     (b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == vip_id).then_some(b)
 }
 
-/// A slot whose backend changed: a usable pin (see `maglev::pin_usable`) keeps its
+/// A slot whose backend changed (or any slot of an affinity VIP): a usable pin (see `maglev::pin_usable`) keeps its
 /// backend; otherwise `maglev::unpinned_choice` decides (an established TCP packet goes
 /// to the slot's previous backend) and the choice is pinned, so flow-table writes happen
 /// only in changed slots. With affinity the pin is per client address (port 0).

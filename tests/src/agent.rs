@@ -48,7 +48,9 @@ impl Agent {
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("lb.toml");
         std::fs::write(&config, config_toml)?;
-        let log = dir.join("agent.log");
+        // One log per start: a restarted agent must not be judged by its predecessor.
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let log = dir.join(format!("agent-{stamp}.log"));
         let pin_root = lab.pin_root();
         let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
         cmd.args(["--iface", "eth0", "--config"]).arg(&config).arg("--pin-root").arg(&pin_root).args(extra);
@@ -68,7 +70,8 @@ impl Agent {
             if let Some(status) = self.child.try_wait()? {
                 bail!("lb-agent exited ({status}):\n{}", self.log_text());
             }
-            if let Ok(m) = PinnedMaps::open(&self.pin_dir) {
+            let ready = self.log_text().contains("ready: first sync done");
+            if let (true, Ok(m)) = (ready, PinnedMaps::open(&self.pin_dir)) {
                 if m.vip_count()? == vips && m.active_backends()? == active {
                     return Ok(());
                 }
@@ -91,6 +94,13 @@ impl Agent {
         if unsafe { libc::kill(self.child.id() as i32, sig) } != 0 {
             bail!("kill: {}", std::io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// SIGKILL: the agent dies without any cleanup.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
         Ok(())
     }
 
@@ -175,6 +185,19 @@ impl PinnedMaps {
         }
         Ok(v)
     }
+    /// The `BACKENDS` entry of a backend address (any VIP), if present.
+    pub fn backend_by_addr(&self, addr: std::net::IpAddr) -> Result<Option<Backend>> {
+        for b in self.backends.iter() {
+            let b = b?;
+            if b.flags & lb_common::BACKEND_F_PRESENT != 0
+                && lb_agent::model::addr_from_bytes(b.family, &b.addr) == addr
+            {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
     /// Packets, bytes and new flows a backend id was sent.
     pub fn backend_counter(&self, id: u32) -> Result<Traffic> {
         Ok(lb_agent::stats::traffic(&self.backend_stats, id)?)

@@ -9,6 +9,7 @@ pub mod frames;
 pub mod lab;
 pub mod netns;
 pub mod servers;
+pub mod traffic;
 
 use std::io::Write;
 

@@ -61,3 +61,19 @@ pub fn command_in(ns: &str, program: &std::path::Path) -> Result<Command> {
     }
     Ok(cmd)
 }
+
+/// Like `run_in`, but returns at once: `f` runs on its own thread inside `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<std::io::Result<T>>> {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: setns on this thread only; the fd is valid for the call.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f())
+    }))
+}

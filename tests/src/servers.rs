@@ -83,8 +83,66 @@ impl Conn {
     }
 }
 
+/// A TCP connection from a chosen local address (any port).
+fn connect_from(src: IpAddr, vip: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (domain, len) = if vip.is_ipv4() { (libc::AF_INET, 16) } else { (libc::AF_INET6, 28) };
+    // SAFETY: plain socket syscalls on a descriptor owned by the returned stream.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let (local, remote) = (sockaddr(SocketAddr::new(src, 0)), sockaddr(vip));
+        if libc::bind(fd, local.as_ptr().cast(), len) != 0 || libc::connect(fd, remote.as_ptr().cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` as bytes.
+fn sockaddr(a: SocketAddr) -> Vec<u8> {
+    let mut out = vec![0u8; 28];
+    match a {
+        SocketAddr::V4(v) => {
+            out[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            out[2..4].copy_from_slice(&v.port().to_be_bytes());
+            out[4..8].copy_from_slice(&v.ip().octets());
+        }
+        SocketAddr::V6(v) => {
+            out[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            out[2..4].copy_from_slice(&v.port().to_be_bytes());
+            out[8..24].copy_from_slice(&v.ip().octets());
+        }
+    }
+    out
+}
+
+/// Backends of `n` short connections from each of `sources` (client addresses).
+pub fn tcp_backends_from(lab: &Lab, sources: Vec<IpAddr>, vip: SocketAddr, n: usize) -> Result<Vec<Vec<String>>> {
+    run_in(&lab.client(), move || {
+        sources
+            .iter()
+            .map(|src| {
+                (0..n)
+                    .map(|_| {
+                        let stream = connect_from(*src, vip).with_context(|| format!("connect {src} -> {vip}"))?;
+                        greet(stream, vip).map(|c| c.backend)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()
+    })?
+}
+
 fn open(vip: SocketAddr) -> Result<Conn> {
     let stream = TcpStream::connect_timeout(&vip, TIMEOUT).with_context(|| format!("connect {vip}"))?;
+    greet(stream, vip)
+}
+
+fn greet(stream: TcpStream, vip: SocketAddr) -> Result<Conn> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut stream = BufReader::new(stream);
     let mut name = String::new();
@@ -101,18 +159,19 @@ pub fn connect_many(lab: &Lab, vip: SocketAddr, n: usize) -> Result<Vec<Conn>> {
     run_in(&lab.client(), move || (0..n).map(|_| open(vip)).collect::<Result<Vec<_>>>())?
 }
 
+/// One short connection: connect, read the greeting, close. Returns the backend.
+pub fn open_and_close(vip: SocketAddr) -> Result<String> {
+    let mut c = open(vip)?;
+    c.stream.get_mut().shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    c.stream.read_to_end(&mut rest)?;
+    Ok(c.backend)
+}
+
 /// Opens `n` short TCP connections; returns the backend of each.
 pub fn tcp_backends(lab: &Lab, vip: SocketAddr, n: usize) -> Result<Vec<String>> {
     run_in(&lab.client(), move || {
-        (0..n)
-            .map(|i| {
-                let mut c = open(vip).with_context(|| format!("connection {i}"))?;
-                let mut rest = Vec::new();
-                c.stream.get_mut().shutdown(std::net::Shutdown::Write)?;
-                c.stream.read_to_end(&mut rest)?;
-                Ok(c.backend)
-            })
-            .collect::<Result<Vec<_>>>()
+        (0..n).map(|i| open_and_close(vip).with_context(|| format!("connection {i}"))).collect::<Result<Vec<_>>>()
     })?
 }
 

@@ -244,6 +244,15 @@ impl Agent {
         for e in &errors {
             warn!(error = %e, "reload: invalid VIP skipped");
         }
+        // An invalid entry for a VIP that is running keeps its last good configuration:
+        // a typo must not take a working VIP down.
+        for r in &raw {
+            let Ok(vip) = r.address.trim().parse::<Vip>() else { continue };
+            if let (false, Some(old)) = (desired.vips.contains_key(&vip), self.desired.vips.get(&vip)) {
+                warn!(%vip, "reload: VIP keeps its last good configuration");
+                desired.vips.insert(vip, old.clone());
+            }
+        }
         let link = &self.host.link;
         desired.vips.retain(|vip, spec| {
             let off = spec.backends.iter().find(|b| !netlink::on_link(link, b.addr));
@@ -266,7 +275,11 @@ impl Agent {
         v.syncs += 1;
         v.last_sync_seconds = started.elapsed().as_secs_f64();
         match &result {
-            Ok(()) => v.ready = true,
+            Ok(()) if !v.ready => {
+                v.ready = true;
+                info!("ready: first sync done");
+            }
+            Ok(()) => {}
             Err(e) => {
                 v.sync_errors += 1;
                 warn!(error = %e, "sync failed; retrying");

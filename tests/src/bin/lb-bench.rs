@@ -1,14 +1,23 @@
-//! `cargo xtask bench`: the XDP program's per-packet cost through BPF_PROG_TEST_RUN
-//! and the Maglev build time, printed and written to BENCHMARKS.md.
+//! `cargo xtask bench`: the XDP program's per-packet cost through BPF_PROG_TEST_RUN,
+//! the Maglev build time and the control plane at scale (10,000 VIPs through
+//! `XdpDataplane::apply`), printed and written to BENCHMARKS.md.
 //!
-//! Usage: `lb-bench [--quick] [--out PATH]`. Needs root (BPF), no network namespaces.
+//! Usage: `lb-bench [--quick] [--scale-only] [--out PATH]`. `--quick` takes fewer rounds
+//! and repetitions (same sizes); `--scale-only` measures only the scale part and replaces
+//! just its section of the file. Needs root (BPF), no network namespaces.
 
 #[path = "lb-bench/cases.rs"]
 mod cases;
 #[path = "lb-bench/maglev.rs"]
 mod maglev;
+#[path = "lb-bench/memory.rs"]
+mod memory;
 #[path = "lb-bench/report.rs"]
 mod report;
+#[path = "lb-bench/scale.rs"]
+mod scale;
+#[path = "lb-bench/scale_report.rs"]
+mod scale_report;
 #[path = "lb-bench/stats.rs"]
 mod stats;
 #[path = "lb-bench/xdp.rs"]
@@ -20,7 +29,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
-const USAGE: &str = "usage: lb-bench [--quick] [--out PATH]";
+const USAGE: &str = "usage: lb-bench [--quick] [--scale-only] [--out PATH]";
 
 /// How much to measure.
 pub struct Plan {
@@ -32,29 +41,51 @@ pub struct Plan {
     /// Distinct SYNs per new-flow case.
     pub new_flows: usize,
     pub maglev_builds: usize,
+    /// Full syncs of the scale benchmark, each on fresh maps.
+    pub scale_rounds: usize,
+    /// Repetitions of each single change (and of the unchanged apply) at scale.
+    pub scale_changes: usize,
 }
 
 impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
-            Plan { quick, rounds: 3, repeat: 100_000, new_flows: 2_000, maglev_builds: 5 }
+            Plan {
+                quick,
+                rounds: 3,
+                repeat: 100_000,
+                new_flows: 2_000,
+                maglev_builds: 5,
+                scale_rounds: 2,
+                scale_changes: 5,
+            }
         } else {
-            Plan { quick, rounds: 7, repeat: 1_000_000, new_flows: 20_000, maglev_builds: 30 }
+            Plan {
+                quick,
+                rounds: 7,
+                repeat: 1_000_000,
+                new_flows: 20_000,
+                maglev_builds: 30,
+                scale_rounds: 5,
+                scale_changes: 20,
+            }
         }
     }
 }
 
 struct Args {
     quick: bool,
+    scale_only: bool,
     out: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { quick: false, out: PathBuf::from(DEFAULT_OUT) };
+    let mut args = Args { quick: false, scale_only: false, out: PathBuf::from(DEFAULT_OUT) };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--scale-only" => args.scale_only = true,
             "--out" => args.out = it.next().context("--out needs a path")?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -110,12 +141,34 @@ fn run(args: &Args) -> Result<()> {
     let cpu = pin_to_current_cpu()?;
     let kind = if plan.quick { "quick" } else { "full" };
     eprintln!("lb-bench: measuring on CPU {cpu} ({kind} run)");
-    let (packets, setup) = cases::measure(&plan)?;
-    let build = maglev::measure(plan.maglev_builds)?;
-    let tables = report::tables(&packets, &build);
-    println!("{tables}\n{}", report::notes(&setup));
-    let doc = report::document(&machine, &plan, &setup, &tables);
+    let doc = if args.scale_only {
+        let section = measure_scale(&plan, true)?;
+        let old = match std::fs::read_to_string(&args.out) {
+            Ok(old) => old,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", args.out.display())),
+        };
+        scale_report::splice(&old, &section)
+    } else {
+        let (packets, setup) = cases::measure(&plan)?;
+        let build = maglev::measure(plan.maglev_builds)?;
+        let tables = report::tables(&packets, &build);
+        println!("{tables}\n{}", report::notes(&setup));
+        let section = measure_scale(&plan, false)?;
+        report::document(&machine, &plan, &setup, &tables, &section)
+    };
     std::fs::write(&args.out, doc).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("lb-bench: wrote {}", args.out.display());
     Ok(())
+}
+
+/// The scale benchmark: prints its section and which targets it meets, returns the section.
+fn measure_scale(plan: &Plan, scale_only: bool) -> Result<String> {
+    let s = scale::measure(plan)?;
+    let section = scale_report::section(&s, plan.quick, scale_only);
+    println!("{section}");
+    for (what, met) in scale_report::verdicts(&s) {
+        eprintln!("lb-bench: target {}: {what}", if met { "met" } else { "MISSED" });
+    }
+    Ok(section)
 }

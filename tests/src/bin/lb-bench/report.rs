@@ -114,8 +114,8 @@ pub fn tables(packets: &[Row], build: &Row) -> String {
     out
 }
 
-/// BENCHMARKS.md.
-pub fn document(m: &Machine, plan: &Plan, setup: &Setup, tables: &str) -> String {
+/// BENCHMARKS.md; `scale` is the control-plane scale section (before "Variance").
+pub fn document(m: &Machine, plan: &Plan, setup: &Setup, tables: &str, scale: &str) -> String {
     let mut d = String::from("# Benchmarks\n\n");
     d.push_str(
         "Written by `cargo xtask bench` (`tests/src/bin/lb-bench.rs`); re-run it rather than editing by hand.\n\n",
@@ -125,14 +125,19 @@ pub fn document(m: &Machine, plan: &Plan, setup: &Setup, tables: &str) -> String
     let _ = writeln!(d, "* Kernel (`uname -r`): {}", m.kernel);
     let _ = writeln!(d, "* CPUs (`nproc`): {}, {}", m.cpus, m.cpu_model);
     let _ = writeln!(d, "* Load average at start: {}", m.load);
-    let _ =
-        writeln!(d, "* Run: {}\n", if plan.quick { "`--quick` (smoke run: fewer rounds and flows)" } else { "full" });
+    let _ = writeln!(
+        d,
+        "* Run: {}\n",
+        if plan.quick { "`--quick` (smoke run: fewer rounds, flows and repetitions)" } else { "full" }
+    );
     d.push_str(&method(plan, setup));
     d.push_str("## Results\n\n");
     d.push_str(tables);
     d.push('\n');
     d.push_str(&notes(setup));
-    d.push_str(VARIANCE);
+    d.push('\n');
+    d.push_str(scale);
+    d.push_str(VARIANCE.trim_start_matches('\n'));
     d
 }
 

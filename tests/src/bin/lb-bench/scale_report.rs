@@ -1,0 +1,401 @@
+//! The scale benchmark as its own section of BENCHMARKS.md.
+
+use std::fmt::Write;
+
+use crate::scale::{self, Scale, CHANGE_MS, FULL_SYNC_MS, MAX_BACKENDS, MAX_FLOWS, PER_VIP, RSS_MIB, TABLE_SIZE, VIPS};
+use crate::stats::Summary;
+
+pub const HEADING: &str = "## Control-plane scale";
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn yes(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "**NO**"
+    }
+}
+
+/// Thousands separated by commas.
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `s` with its first letter in lower case.
+fn decap(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
+}
+
+fn ms3(s: &Summary, digits: usize) -> String {
+    format!("{:.d$} | {:.d$} | {:.d$}", s.min, s.median, s.max, d = digits)
+}
+
+fn writes(s: &Summary) -> String {
+    if s.min == s.max {
+        count(s.median as u64)
+    } else {
+        format!("{} ({}–{})", count(s.median as u64), count(s.min as u64), count(s.max as u64))
+    }
+}
+
+/// The memory figure the RSS target is judged on: the peak of the last full-sync round
+/// (load through sync), with and without the resident TABLES mapping.
+fn rss_peak(s: &Scale) -> Option<(f64, f64)> {
+    let (_, st, tables) = s.mem.readings.iter().find(|(name, ..)| name.starts_with("after the full sync"))?;
+    Some((mib(st.hwm), mib(st.hwm.saturating_sub(tables.unwrap_or(0)))))
+}
+
+/// (target, met) lines, for the terminal and the section.
+pub fn verdicts(s: &Scale) -> Vec<(String, bool)> {
+    let mut v = vec![(
+        format!("full sync ≤ {} ms: median {:.1} ms", FULL_SYNC_MS, s.sync.apply_ms.median),
+        s.sync.apply_ms.median <= FULL_SYNC_MS,
+    )];
+    for c in &s.changes {
+        v.push((format!("{} ≤ {} ms: median {:.3} ms", c.case, CHANGE_MS, c.ms.median), c.ms.median <= CHANGE_MS));
+    }
+    if let Some((with, without)) = rss_peak(s) {
+        v.push((format!("RSS ≤ {RSS_MIB} MiB, counting the TABLES mapping: peak {with:.1} MiB"), with <= RSS_MIB));
+        v.push((
+            format!("RSS ≤ {RSS_MIB} MiB, not counting the TABLES mapping: peak {without:.1} MiB"),
+            without <= RSS_MIB,
+        ));
+    }
+    v
+}
+
+/// The section, from its heading to just before the next one.
+pub fn section(s: &Scale, quick: bool, scale_only: bool) -> String {
+    let mut d = format!("{HEADING}\n\n");
+    let run = match (quick, scale_only) {
+        (true, true) => "`--scale-only --quick`",
+        (true, false) => "`--quick`",
+        (false, true) => "`--scale-only`",
+        (false, false) => "full",
+    };
+    let _ = writeln!(
+        d,
+        "Measured {} (run: {run}); load average at the start of this part: {} on {} CPUs, the measuring thread \
+         pinned to one of them.\n",
+        s.date,
+        s.load,
+        online_cpus()
+    );
+    method(&mut d, s);
+    results(&mut d, s);
+    breakdown(&mut d, s);
+    memory(&mut d, s);
+    d.push_str("Targets:\n\n");
+    for (what, met) in verdicts(s) {
+        let _ = writeln!(d, "* {what} — {}", if met { "met" } else { "**NOT met**" });
+    }
+    d.push('\n');
+    d
+}
+
+fn method(d: &mut String, s: &Scale) {
+    let tables = scale::tables_bytes();
+    let _ = writeln!(
+        d,
+        "* **Input**: {} IPv4 TCP VIPs ({} … {}), {PER_VIP} backends each ({} distinct addresses from 172.16.0.0, \
+         each with a MAC, weights 1–10 in a different order per VIP), one `Snapshot` (building it took {:.0} ms; the \
+         agent builds its own every tick, which is not measured here).",
+        count(VIPS.into()),
+        scale::vip(0),
+        scale::vip(VIPS - 1),
+        count((VIPS * PER_VIP).into()),
+        s.snapshot_ms
+    );
+    let _ = writeln!(
+        d,
+        "* **Maps**: `loader::load` (new, unpinned maps, programs verified) with `LoadOptions {{ table_size: \
+         {TABLE_SIZE}, max_vips: {VIPS}, max_backends: {MAX_BACKENDS}, max_flows: {MAX_FLOWS} }}`. {TABLE_SIZE} is \
+         the smallest prime ≥ 100 × {PER_VIP} backends: Maglev wants at least 100 slots per backend for shares \
+         within about 1 % of the weights, and a larger table only costs more memory and build time per VIP. \
+         `TABLES` is then {} × 2 halves × {TABLE_SIZE} slots × 8 bytes = {} bytes ({:.1} MiB). `max_backends` \
+         leaves room for the added backends above the {} in use. Loading took {:.0} ms (median; not part of \
+         `apply`).",
+        count(VIPS.into()),
+        count(tables),
+        tables as f64 / 1048576.0,
+        count((VIPS * PER_VIP).into()),
+        s.sync.load_ms.median
+    );
+    let _ = writeln!(
+        d,
+        "* **Full sync**: one `XdpDataplane::apply` of the whole snapshot into the fresh maps, timed with \
+         `Instant`; {} rounds, each on newly loaded maps (the previous round's dropped first). Every VIP's live \
+         table is then checked to be full and stable.",
+        s.rounds
+    );
+    let _ = writeln!(
+        d,
+        "* **Single changes**: after the last full sync, {} repetitions of each change, each on a different VIP \
+         that had not changed before, each timed as an `apply` of the whole {}-VIP snapshot (what the agent does \
+         every tick). Each must report exactly one VIP changed. **Unchanged**: after each change, an apply of the \
+         same snapshot again (the agent's next tick), asserted to write nothing; one more, before the first \
+         change and not kept, warms the caches up after the full sync.",
+        s.repetitions,
+        count(VIPS.into()),
+    );
+    d.push_str(
+        "* **Writes** are `ApplyReport::writes`: map entries written with a `bpf()` syscall each, plus table \
+         slots stored through the `TABLES` mapping.\n\n",
+    );
+}
+
+fn results(d: &mut String, s: &Scale) {
+    d.push_str("| Case | Method | Min (ms) | Median (ms) | Max (ms) | Writes | Target (median) | Met |\n");
+    d.push_str("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |\n");
+    let sync = &s.sync;
+    let _ = writeln!(
+        d,
+        "| Full sync, {} VIPs × {PER_VIP} backends | {} rounds, fresh maps | {} | {} | ≤ {} ms | {} |",
+        count(VIPS.into()),
+        s.rounds,
+        ms3(&sync.apply_ms, 1),
+        count(sync.writes as u64),
+        count(FULL_SYNC_MS as u64),
+        yes(sync.apply_ms.median <= FULL_SYNC_MS)
+    );
+    for c in &s.changes {
+        let _ = writeln!(
+            d,
+            "| {} | {} changes, whole snapshot applied | {} | {} | ≤ {CHANGE_MS} ms | {} |",
+            c.case,
+            c.ms.samples,
+            ms3(&c.ms, 3),
+            writes(&c.writes),
+            yes(c.ms.median <= CHANGE_MS)
+        );
+    }
+    let u = &s.unchanged;
+    let _ = writeln!(
+        d,
+        "| {} | {} applies, one after each change | {} | 0 (asserted) | — | — |\n",
+        u.case,
+        u.ms.samples,
+        ms3(&u.ms, 3)
+    );
+    d.push_str(
+        "Writes show the median, and the range where it varies. A weight change also moves the other backends' \
+         slots a little, so its write count varies by VIP.\n\n",
+    );
+}
+
+fn breakdown(d: &mut String, s: &Scale) {
+    let sync = &s.sync;
+    let entries = sync.writes.saturating_sub(sync.table_slots);
+    let wall = sync.apply_ms.median;
+    let (user, sys) = (sync.user_ms.median, sync.sys_ms.median);
+    let maglev = s.maglev_ms.median;
+    let _ = writeln!(
+        d,
+        "**Where the full sync's time goes.** Of its {} writes, {} are table slots (8-byte stores through the \
+         mapping; the other {} slots already held their entry, the all-zero one a new map starts with) and {} are \
+         map entries (`BACKENDS`, `BACKEND_STATS`, `VIPS`: one `bpf()` syscall each, about {:.0} per VIP). The \
+         applying thread used {user:.0} ms of user time and {sys:.0} ms of system time (`getrusage`, \
+         medians over the rounds; wall clock {wall:.0} ms, the difference is time without the CPU). The {} Maglev \
+         builds alone, with the same inputs outside `apply`, take {maglev:.0} ms (median of {} passes, {:.1} µs \
+         per VIP): {:.0} % of the wall clock. The system time is essentially the syscalls, about {:.1} µs per map entry; what \
+         remains of user time ({:.0} ms) is the diffing, the bookkeeping (ids, per-VIP state, a copy of each VIP's \
+         input) and the table stores.\n",
+        count(sync.writes as u64),
+        count(sync.table_slots as u64),
+        count((u64::from(VIPS) * u64::from(TABLE_SIZE)).saturating_sub(sync.table_slots as u64)),
+        count(entries as u64),
+        entries as f64 / VIPS as f64,
+        count(VIPS.into()),
+        s.maglev_ms.samples,
+        maglev * 1e3 / VIPS as f64,
+        100.0 * maglev / wall,
+        sys * 1e3 / entries.max(1) as f64,
+        (user - maglev).max(0.0)
+    );
+    let base = s.unchanged.ms.median;
+    let _ = write!(
+        d,
+        "**Where a single change's time goes.** An apply of the unchanged snapshot costs {base:.3} ms (median; the \
+         first one right after the full sync, not in the table, took {:.3} ms with cold caches): comparing each of \
+         the {} VIPs' input with the one applied last, nothing else. A change adds its one VIP's work (its backend \
+         entries, one {TABLE_SIZE}-slot Maglev build of about {:.0} µs, the table diff into the idle half, the \
+         `VIPS` flip), which is small next to the comparison; the change medians differ from the unchanged one by",
+        s.warmup_ms,
+        count(VIPS.into()),
+        s.maglev_ms.median * 1e3 / VIPS as f64
+    );
+    for c in &s.changes {
+        let _ = write!(d, " {:+.3} ms ({}),", c.ms.median - base, decap(c.case));
+    }
+    d.pop();
+    let u = &s.unchanged.ms;
+    let spread = u.max - u.min;
+    if s.changes.iter().all(|c| (c.ms.median - base).abs() <= spread) {
+        let _ = write!(
+            d,
+            " — within the spread of the unchanged applies ({:.3}–{:.3} ms). So one change costs what comparing the \
+             whole snapshot costs: it grows with the number of VIPs, not with the size of the change.",
+            u.min, u.max
+        );
+    } else {
+        d.push_str(": that is the changed VIP's own work.");
+    }
+    d.push_str(
+        " Each change here is \
+         its VIP's first, so the idle half it writes has never held a table and the diff rewrites almost all of \
+         its slots; later changes of the same VIP write only the slots that differ from the generation before \
+         last.\n\n",
+    );
+}
+
+fn memory(d: &mut String, s: &Scale) {
+    let tables = scale::tables_bytes();
+    d.push_str(
+        "**Memory of this process** (MiB = 2^20 bytes, from `/proc/self/status`; `TABLES` resident = `Rss` of the \
+         `TABLES` mapping in `/proc/self/smaps`). VmHWM was reset (`/proc/self/clear_refs`) at the start of the last \
+         full-sync round, so it is the peak of loading plus syncing.\n\n",
+    );
+    d.push_str("| When (last round) | VmRSS | VmHWM | RssAnon | RssFile | TABLES resident | VmRSS − TABLES | VmHWM − TABLES |\n");
+    d.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (name, st, t) in &s.mem.readings {
+        let t = t.unwrap_or(0);
+        let _ = writeln!(
+            d,
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            mib(st.rss),
+            mib(st.hwm),
+            mib(st.anon),
+            mib(st.file),
+            mib(t),
+            mib(st.rss.saturating_sub(t)),
+            mib(st.hwm.saturating_sub(t))
+        );
+    }
+    let _ = writeln!(
+        d,
+        "\n`TABLES` is kernel memory ({:.1} MiB) mapped into the process so the agent can write slots without \
+         syscalls. The kernel maps all of its pages when the mapping is made, so RSS counts the whole map from \
+         load on, touched or not (it shows in RssFile, not RssAnon). The process's own memory (the data plane's \
+         state, the snapshot, the program objects, the binary) is the VmRSS − TABLES column.\n",
+        tables as f64 / 1048576.0
+    );
+    d.push_str(
+        "This process holds what the agent holds for its data plane (`XdpDataplane` with its per-VIP state and a \
+         copy of each VIP's applied input, one `Snapshot`, the loaded object), but not the agent's configuration, \
+         ramp state, netlink caches or async runtime: the agent's own figure is higher by what those hold (not \
+         measured here).\n\n",
+    );
+    rss_cause(d, s);
+    d.push_str(
+        "**Kernel memory of the maps** (after the full sync; `memlock` as the kernel reports it in \
+         `/proc/self/fdinfo`, the figure `bpftool map show` prints; computed = entries × value size, times the \
+         possible CPUs for per-CPU arrays):\n\n",
+    );
+    d.push_str("| Map | Type | Max entries | Value size (B) | memlock (MiB) | Computed (MiB) |\n");
+    d.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
+    let cpus = possible_cpus();
+    let mut total = 0;
+    for m in &s.mem.maps {
+        total += m.memlock;
+        let computed = match m.kind.as_str() {
+            "Array" => Some(m.max_entries * m.value_size.div_ceil(8) * 8),
+            "PerCpuArray" => Some(m.max_entries * m.value_size.div_ceil(8) * 8 * cpus),
+            _ => None,
+        };
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} | {:.2} | {} |",
+            m.name,
+            m.kind,
+            count(m.max_entries),
+            m.value_size,
+            m.memlock as f64 / 1048576.0,
+            computed.map_or("—".into(), |c| format!("{:.2}", c as f64 / 1048576.0))
+        );
+    }
+    let _ = writeln!(d, "| **total** | | | | {:.2} | |\n", total as f64 / 1048576.0);
+}
+
+/// Why the RSS target is missed (when it is) and what would fix it.
+fn rss_cause(d: &mut String, s: &Scale) {
+    let Some((with, without)) = rss_peak(s) else { return };
+    if with <= RSS_MIB {
+        return;
+    }
+    let tables = scale::tables_bytes() as f64 / 1048576.0;
+    let _ = writeln!(
+        d,
+        "**The RSS target is missed, and why.** The peak VmRSS is {with:.1} MiB against {RSS_MIB} MiB; without the \
+         `TABLES` mapping the process holds {without:.1} MiB. The excess is entirely the mapping: {} VIPs × 2 halves \
+         × {TABLE_SIZE} slots × 8 bytes = {tables:.1} MiB, mapped in full when the agent loads, so it counts as \
+         resident however few VIPs are in use. The fix I would make (in `lb-agent/src/tables.rs`; not made here): \
+         stop keeping the whole map mapped, and map only a window while writing (the two halves of the VIP being \
+         applied, page-aligned, or a run of VIPs during a full sync), unmapping it afterwards (its readers, maintenance, `explain` and `inspect`, would map the same way); or write a VIP's \
+         changed slots with one `BPF_MAP_UPDATE_BATCH` syscall instead of through a mapping. Either brings VmRSS to \
+         about {without:.0} MiB for about two more syscalls per changed VIP (some tens of ms over a full sync, \
+         nothing measurable for one change). That changes what RSS shows, not what the balancer costs: the maps \
+         below stay kernel memory, charged to the agent's memory cgroup either way (kernel 5.11 and later). To \
+         shrink that memory itself, size `--max-vips` to what is used (the tables are allocated for every possible \
+         VIP up front), or give each VIP a table sized to its own backends instead of one `--table-size` for all.\n",
+        count(VIPS.into())
+    );
+}
+
+/// The online CPUs (the measuring thread is pinned, so not `available_parallelism`).
+fn online_cpus() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+}
+
+/// The possible CPUs (what per-CPU maps are sized by).
+fn possible_cpus() -> u64 {
+    aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1)
+}
+
+/// `doc` with its scale section replaced by `section` (or the section added before
+/// "## Variance", or at the end).
+pub fn splice(doc: &str, section: &str) -> String {
+    if doc.trim().is_empty() {
+        return format!(
+            "# Benchmarks\n\nWritten by `cargo xtask bench` (`tests/src/bin/lb-bench.rs`); re-run it rather than \
+             editing by hand.\n\n{section}"
+        );
+    }
+    let next_heading = |from: usize| doc[from..].find("\n## ").map_or(doc.len(), |i| from + i + 1);
+    if let Some(start) = doc.find(&format!("\n{HEADING}\n")).map(|i| i + 1) {
+        let end = next_heading(start + HEADING.len());
+        return format!("{}{section}{}", &doc[..start], &doc[end..]);
+    }
+    match doc.find("\n## Variance\n") {
+        Some(i) => format!("{}{section}{}", &doc[..i + 1], &doc[i + 1..]),
+        None => format!("{}\n{section}", doc.trim_end_matches('\n').to_string() + "\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, splice};
+
+    #[test]
+    fn splices_the_section() {
+        let doc = "# B\n\n## Results\n\nr\n\n## Variance\n\nv\n";
+        let once = splice(doc, "## Control-plane scale\n\nold\n\n");
+        assert_eq!(once, "# B\n\n## Results\n\nr\n\n## Control-plane scale\n\nold\n\n## Variance\n\nv\n");
+        let twice = splice(&once, "## Control-plane scale\n\nnew\n\n");
+        assert_eq!(twice, "# B\n\n## Results\n\nr\n\n## Control-plane scale\n\nnew\n\n## Variance\n\nv\n");
+        assert_eq!(count(10_300_000), "10,300,000");
+        assert_eq!(count(999), "999");
+    }
+}
