@@ -257,3 +257,50 @@ fn changed_slots_keep_established_flows() {
     }
     assert!(moved > 50, "a real share of the slots changed ({moved} of 400)");
 }
+
+/// Settling: once a VIP's table has been quiet for the idle time, changed slots become
+/// stable again, except slots where a live flow is pinned to another backend, and
+/// every live flow keeps its backend.
+#[test]
+fn settling_keeps_live_pins() {
+    if lb_tests::skip("settling_keeps_live_pins") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let v = "192.0.2.10:80/tcp";
+    let flows: Vec<Frame> = (0..300u16)
+        .map(|i| Frame { tcp_flags: ACK, ..Frame::new(ip("203.0.113.5"), ip("192.0.2.10"), TCP, 30000 + i, 80) })
+        .collect();
+    let before: Vec<Vec<u8>> = flows.iter().map(|f| lab.run(&f.bytes()).1[..6].to_vec()).collect();
+    let mut snap = snapshot();
+    snap.vips.get_mut(&vip(v)).unwrap().backends.push(backend("10.0.0.5", 6, 5));
+    lab.dp.apply(&snap).unwrap();
+    let changed = |lab: &Lab| {
+        let id = lab.dp.vip_id(&vip(v)).unwrap();
+        let meta = lab.dp.maps().vips.get(&vip(v).key(), 0).unwrap();
+        lab.dp.maps().tables.read(id, meta.half).iter().filter(|e| e.backend != e.prev).count()
+    };
+    let changed_before = changed(&lab);
+    // Pin the flows (their first packet after the change), wait out the idle time,
+    // refresh them, and settle.
+    for f in &flows {
+        lab.run(&f.bytes());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let pinned_prev: Vec<bool> = flows.iter().map(|f| lab.predict(f, v).reason == Reason::Pinned).collect();
+    for f in &flows {
+        lab.run(&f.bytes());
+    }
+    let m = lab.dp.maintain(std::time::Duration::from_secs(1)).unwrap();
+    let changed_after = changed(&lab);
+    println!("changed slots {changed_before} -> {changed_after}; settled {}", m.settled_slots);
+    assert!(m.settled_slots > 0 && changed_after < changed_before, "slots settled");
+    assert!(changed_after > 0, "slots with live pins to another backend stay in transition");
+    for ((f, old), was_pinned) in flows.iter().zip(&before).zip(&pinned_prev) {
+        assert_eq!(&lab.run(&f.bytes()).1[..6], &old[..], "flow {} kept its backend", f.sport);
+        if !was_pinned {
+            assert_eq!(lab.predict(f, v).reason, Reason::Stable, "an unpinned flow's slot is stable again");
+        }
+    }
+    assert!(lab.dp.apply(&snap).unwrap().is_noop(), "settling does not make the next apply write");
+}
