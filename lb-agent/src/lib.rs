@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod explain;
 pub mod inspect;
+pub mod k8s;
 pub mod loader;
 pub mod metrics;
 pub mod model;

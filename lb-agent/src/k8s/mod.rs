@@ -1,0 +1,4 @@
+//! Kubernetes as the source of the wanted state, and Kubernetes as where users look:
+//! Service status, conditions and Events, and the pods' `progress` labels.
+
+pub mod desired;
