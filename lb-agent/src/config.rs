@@ -84,6 +84,8 @@ pub enum Problem {
     Zero,
     #[error("max-vips x 2 x table-size must fit in 32 bits")]
     TooLarge,
+    #[error("cannot be combined with --kubernetes / --kubeconfig (Kubernetes is then the only source)")]
+    WithKubernetes,
     #[error("no interface of that name")]
     NoSuchInterface,
     #[error("is not on a subnet of interface {iface} (direct server return needs backends on the same L2 segment)")]

@@ -117,6 +117,51 @@ struct RunArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "LB_LOG", default_value = "info")]
     log: String,
+    /// Take the wanted state from Kubernetes (Services of type LoadBalancer with our
+    /// class, EndpointSlices, pods): in-cluster config, or --kubeconfig.
+    #[arg(long, env = "LB_KUBERNETES")]
+    kubernetes: bool,
+    /// Kubeconfig for an agent outside the cluster (implies --kubernetes).
+    #[arg(long, env = "LB_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Only watch this namespace (default: all).
+    #[arg(long, env = "LB_KUBE_NAMESPACE")]
+    kube_namespace: Option<String>,
+    /// Only Services matching this label selector (e.g. app=web).
+    #[arg(long, env = "LB_KUBE_SERVICE_SELECTOR")]
+    kube_service_selector: Option<String>,
+    /// The spec.loadBalancerClass this agent serves.
+    #[arg(long, env = "LB_LOAD_BALANCER_CLASS", default_value = lb_agent::k8s::desired::DEFAULT_CLASS)]
+    load_balancer_class: String,
+    /// Also serve Services of type LoadBalancer that set no loadBalancerClass.
+    #[arg(long, env = "LB_KUBE_DEFAULT_CLASS")]
+    kube_default_class: bool,
+    /// This LB host's name in Service conditions and Events (default: the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+/// The Kubernetes source, when asked for.
+fn kube_options(cli: &RunArgs) -> Option<agent::KubeOptions> {
+    if !cli.kubernetes && cli.kubeconfig.is_none() {
+        return None;
+    }
+    let host = cli
+        .node_name
+        .clone()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()));
+    Some(agent::KubeOptions {
+        kubeconfig: cli.kubeconfig.clone(),
+        watch: lb_agent::k8s::watch::WatchOptions {
+            namespace: cli.kube_namespace.clone(),
+            service_selector: cli.kube_service_selector.clone(),
+            selection: lb_agent::k8s::desired::Selection {
+                class: cli.load_balancer_class.clone(),
+                default_class: cli.kube_default_class,
+            },
+        },
+        host: host.unwrap_or_else(|| "lb".into()),
+    })
 }
 
 fn main() -> ExitCode {
@@ -201,6 +246,11 @@ fn options(
     vips: Vec<(usize, String)>,
     backends: Vec<(usize, String)>,
 ) -> Result<RunOptions, ConfigError> {
+    let kube = kube_options(cli);
+    if kube.is_some() && (!vips.is_empty() || cli.config.is_some()) {
+        let flag = if vips.is_empty() { "--config" } else { "--vip" };
+        return Err(FieldError::new(flag, "", Problem::WithKubernetes).into());
+    }
     let flag_vips = config::group_flags(&vips, &backends)?;
     let file = cli.config.as_deref().map(config::read_file).transpose()?;
     let config = config::build(cli.iface.clone(), cli.xdp_mode, flag_vips.clone(), file.as_ref())?;
@@ -240,5 +290,6 @@ fn options(
         drain: DrainPolicy { min_drain: cli.drain_min, timeout: cli.drain_timeout },
         flow_idle: cli.flow_idle_timeout,
         metrics_addr: cli.metrics_addr.0,
+        kube,
     })
 }

@@ -22,10 +22,13 @@ pub use cleanup::cleanup;
 use crate::config::{self, Config, FieldError, Problem, RawVip};
 use crate::dataplane::xdp::{AdoptedBackend, XdpDataplane, XdpError};
 use crate::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
+use crate::k8s::desired::Computed;
+use crate::k8s::report::{HostState, KubeReporter};
+use crate::k8s::watch::{KubeSource, WatchOptions};
 use crate::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
 use crate::model::{Desired, Vip};
 use crate::netlink::{self, Link, Netlink, NetlinkError};
-use crate::ramp::{DrainPolicy, Event, Ramp, RampPolicy, Record, Wanted};
+use crate::ramp::{DrainPolicy, Effective, Event, Ramp, RampPolicy, Record, Wanted};
 use host::Host;
 use view::{DrainView, SharedView};
 
@@ -45,6 +48,17 @@ pub struct RunOptions {
     pub flow_idle: Duration,
     /// Prometheus `/metrics`, `/healthz`, `/readyz`; `None` = off.
     pub metrics_addr: Option<SocketAddr>,
+    /// Take the wanted state from Kubernetes instead of flags / the config file.
+    pub kube: Option<KubeOptions>,
+}
+
+/// Kubernetes as the source.
+pub struct KubeOptions {
+    /// A kubeconfig file (an agent outside the cluster); in-cluster config otherwise.
+    pub kubeconfig: Option<PathBuf>,
+    pub watch: WatchOptions,
+    /// This LB host's name (conditions, Events).
+    pub host: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,10 @@ pub enum AgentError {
     Dataplane(#[from] XdpError),
     #[error("installing signal handlers: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[source] kube::Error),
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -73,7 +91,21 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often live flows are counted and changed slots settled.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
 
+/// Where the wanted state comes from.
+enum Source {
+    /// Flags and the config file.
+    Static,
+    Kube {
+        source: Box<KubeSource>,
+        reporter: Box<KubeReporter>,
+        computed: Box<Computed>,
+    },
+}
+
 struct Agent {
+    source: Source,
+    /// How the program is attached, for status messages.
+    mode: String,
     host: Host,
     dp: XdpDataplane,
     desired: Desired,
@@ -149,7 +181,19 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             .map_err(|source| AgentError::Metrics { addr, source })?;
         info!(%addr, "metrics endpoint listening");
     }
+    let source = match &opts.kube {
+        None => Source::Static,
+        Some(k) => kube_source(k).await?,
+    };
+    let mode = match attachment {
+        Attachment::New(m) => {
+            format!("XDP {} on {iface}", if m == aya::programs::XdpMode::Skb { "generic" } else { "native" })
+        }
+        Attachment::Replaced => format!("XDP on {iface} (pinned link)"),
+    };
     let mut agent = Agent {
+        source,
+        mode,
         host: Host::new(nl, link),
         dp,
         desired: opts.config.desired.clone(),
@@ -159,11 +203,51 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         config_mtime: mtime(&opts.config_path),
     };
     agent.take_over(&adopted);
+    if let Source::Kube { source, computed, .. } = &mut agent.source {
+        info!("waiting for the Service, EndpointSlice and Pod caches");
+        source.ready().await;
+        **computed = source.compute();
+        agent.desired = filter_off_link(computed.desired.clone(), &agent.host.link);
+        info!(services = computed.services.len(), vips = agent.desired.vips.len(), "caches ready");
+    }
     let result = agent.serve(&opts).await;
     // The program stays attached through its pinned link; dropping our handles is all.
     drop(ebpf);
     info!(iface, "agent stopped; the data path stays in place (`lb-agent cleanup` removes it)");
     result
+}
+
+/// Connects to Kubernetes and starts the watches.
+async fn kube_source(k: &KubeOptions) -> Result<Source, AgentError> {
+    let config = match &k.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| AgentError::KubeConfig(e.to_string()))?,
+    };
+    let client = kube::Client::try_from(config).map_err(AgentError::Kube)?;
+    let source = KubeSource::start(&client, &k.watch);
+    let reporter = KubeReporter::new(client, &k.host);
+    Ok(Source::Kube { source: Box::new(source), reporter: Box::new(reporter), computed: Box::default() })
+}
+
+/// Backends that are not on the interface's subnets cannot be reached by DR: dropped
+/// (with a warning), the rest of their VIP stays.
+fn filter_off_link(mut desired: Desired, link: &Link) -> Desired {
+    for (vip, spec) in desired.vips.iter_mut() {
+        spec.backends.retain(|b| {
+            let ok = netlink::on_link(link, b.addr);
+            if !ok {
+                warn!(%vip, backend = %b.addr, iface = %link.name, "backend skipped: not on the interface's subnets");
+            }
+            ok
+        });
+    }
+    desired
 }
 
 /// Removes maps pinned by agents of another ABI (no program uses them any more).
@@ -205,22 +289,46 @@ impl Agent {
         let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
         let mut tick = tokio::time::interval(TICK);
         let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+        let kube_changed = match &self.source {
+            Source::Kube { source, .. } => Some(source.changed.clone()),
+            Source::Static => None,
+        };
         loop {
+            let changed = async {
+                match &kube_changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = changed => {
+                    self.recompute();
+                    self.sync_and_record(opts).await?;
+                }
                 _ = tick.tick() => {
-                    if mtime(&opts.config_path) != self.config_mtime {
+                    if matches!(self.source, Source::Static) && mtime(&opts.config_path) != self.config_mtime {
                         self.reload(opts);
                     }
                     self.sync_and_record(opts).await?;
                 }
                 _ = maintain.tick() => self.maintain(opts),
                 _ = hup.recv() => {
-                    self.reload(opts);
+                    if matches!(self.source, Source::Static) {
+                        self.reload(opts);
+                    }
                     self.sync_and_record(opts).await?;
                 }
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
             }
+        }
+    }
+
+    /// Recomputes the wanted state from the Kubernetes caches.
+    fn recompute(&mut self) {
+        if let Source::Kube { source, computed, .. } = &mut self.source {
+            **computed = source.compute();
+            self.desired = filter_off_link(computed.desired.clone(), &self.host.link);
         }
     }
 
@@ -271,6 +379,17 @@ impl Agent {
     async fn sync_and_record(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
         let started = Instant::now();
         let result = self.sync(opts).await;
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let (effective, events) = match &result {
+            Ok(x) => x.clone(),
+            Err(_) => (BTreeMap::new(), Vec::new()),
+        };
+        if let Source::Kube { source, reporter, computed } = &mut self.source {
+            reporter.report(source, computed, &HostState { mode: self.mode.clone(), error }).await;
+            reporter.progress(source, computed, &effective).await;
+            reporter.backend_events(source, computed, &events).await;
+        }
+        let result = result.map(|_| ());
         let mut v = self.view.lock().expect("view lock");
         v.syncs += 1;
         v.last_sync_seconds = started.elapsed().as_secs_f64();
@@ -292,8 +411,9 @@ impl Agent {
         }
     }
 
-    /// One level-triggered pass: host state, ramp, then the data plane.
-    async fn sync(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+    /// One level-triggered pass: host state, ramp, then the data plane. Returns the
+    /// effective weights and the ramp's events.
+    async fn sync(&mut self, opts: &RunOptions) -> Result<(BTreeMap<Vip, Vec<Effective>>, Vec<Event>), AgentError> {
         self.host.sync(&self.desired).await?;
         let wanted: BTreeMap<Vip, (RampPolicy, Vec<Wanted>)> = self
             .desired
@@ -320,7 +440,8 @@ impl Agent {
         log_events(&events);
         let mut snapshot = Snapshot::default();
         let mut in_use = BTreeSet::new();
-        for (vip, list) in effective {
+        for (vip, list) in &effective {
+            let vip = *vip;
             let backends = list
                 .iter()
                 .map(|e| {
@@ -350,7 +471,7 @@ impl Agent {
             );
         }
         self.host.forget_unused(&in_use).await?;
-        Ok(())
+        Ok((effective, events))
     }
 
     /// Counts live flows of draining backends and settles changed slots.

@@ -2,3 +2,5 @@
 //! Service status, conditions and Events, and the pods' `progress` labels.
 
 pub mod desired;
+pub mod report;
+pub mod watch;
