@@ -89,9 +89,11 @@ struct RunArgs {
     /// Slow start: how often a new backend's weight rises.
     #[arg(long, env = "LB_RAMP_INTERVAL", default_value = "10s", value_parser = duration)]
     ramp_interval: Duration,
-    /// A draining backend is removed once its live flows reach 0, but not before this.
-    #[arg(long, env = "LB_DRAIN_MIN", default_value = "5s", value_parser = duration)]
-    drain_min: Duration,
+    /// A draining backend is removed once its live flows reach 0, but not before this
+    /// (default: the flow idle timeout, since a connection that sent nothing since the
+    /// drain began is invisible in the flow table until then).
+    #[arg(long, env = "LB_DRAIN_MIN", value_parser = duration)]
+    drain_min: Option<Duration>,
     /// A draining backend is removed at the latest after this.
     #[arg(long, env = "LB_DRAIN_TIMEOUT", default_value = "300s", value_parser = duration)]
     drain_timeout: Duration,
@@ -230,9 +232,10 @@ fn clap_error(e: clap::Error) -> ExitCode {
     ) {
         e.exit();
     }
+    // clap's message up to its first blank line, as one line (it names the argument).
     let text = e.to_string();
-    let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-    usage(&line)
+    let line: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    usage(&line.join(" ").trim_start_matches("error: "))
 }
 
 fn usage(e: &dyn std::fmt::Display) -> ExitCode {
@@ -287,7 +290,7 @@ fn options(
         load,
         pin_root: cli.pin_root.clone(),
         ramp: RampPolicy { step: cli.ramp_step, interval: cli.ramp_interval },
-        drain: DrainPolicy { min_drain: cli.drain_min, timeout: cli.drain_timeout },
+        drain: DrainPolicy { min_drain: cli.drain_min.unwrap_or(cli.flow_idle_timeout), timeout: cli.drain_timeout },
         flow_idle: cli.flow_idle_timeout,
         metrics_addr: cli.metrics_addr.0,
         kube,

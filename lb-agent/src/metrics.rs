@@ -26,12 +26,8 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
             let Ok((mut conn, _)) = listener.accept().await else { continue };
             let (pin_dir, view) = (pin_dir.clone(), view.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
+                let Some(head) = read_head(&mut conn).await else { return };
+                let request = String::from_utf8_lossy(&head);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = respond(path, &pin_dir, &view);
                 let head = format!(
@@ -44,6 +40,21 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
         }
     });
     Ok(())
+}
+
+/// Reads a request up to the end of its headers (a request may arrive in pieces).
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 || head.len() > 16 * 1024 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(head)
 }
 
 fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'static str, String) {

@@ -44,16 +44,30 @@ pub struct Agent {
 impl Agent {
     /// Starts `lb-agent --iface eth0 --config <file> <extra>` in the lab's LB namespace.
     pub fn start(lab: &Lab, config_toml: &str, extra: &[&str]) -> Result<Agent> {
+        Self::start_with(lab, Some(config_toml), extra)
+    }
+
+    /// Starts `lb-agent --iface eth0 <extra>` (no config file: e.g. `--kubeconfig`).
+    pub fn start_kube(lab: &Lab, extra: &[&str]) -> Result<Agent> {
+        Self::start_with(lab, None, extra)
+    }
+
+    fn start_with(lab: &Lab, config_toml: Option<&str>, extra: &[&str]) -> Result<Agent> {
         let dir = std::env::temp_dir().join(format!("{}-agent", lab.prefix));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("lb.toml");
-        std::fs::write(&config, config_toml)?;
+        if let Some(text) = config_toml {
+            std::fs::write(&config, text)?;
+        }
         // One log per start: a restarted agent must not be judged by its predecessor.
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         let log = dir.join(format!("agent-{stamp}.log"));
         let pin_root = lab.pin_root();
         let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
-        cmd.args(["--iface", "eth0", "--config"]).arg(&config).arg("--pin-root").arg(&pin_root).args(extra);
+        cmd.args(["--iface", "eth0", "--pin-root"]).arg(&pin_root).args(extra);
+        if config_toml.is_some() {
+            cmd.arg("--config").arg(&config);
+        }
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).env("LB_LOG", "info");
         let child = cmd.spawn().context("starting lb-agent")?;
         Ok(Agent { child, pin_dir: pin_root.join("eth0"), pin_root, log, config })

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | bench | demo`.
+//! Project tasks: `cargo xtask setup | kube-assets | build-ebpf | test | bench | demo`.
 
 mod bpf;
 mod cmd;
 #[path = "../../lb-agent/build/ebpf.rs"]
 mod ebpf;
+mod kube_assets;
 mod setup;
 mod test;
 
@@ -25,6 +26,9 @@ enum Task {
     /// Install what is missing (Debian packages, bpf-linker, bpffs mount) and check the
     /// eBPF toolchain. Idempotent; needs root when something has to be installed.
     Setup,
+    /// Build (or find) kube-apiserver, etcd and kube-controller-manager for the Kubernetes
+    /// tests: `KUBEBUILDER_ASSETS` if it holds them, else `~/.cache/lb/kube-assets/RELEASE`.
+    KubeAssets,
     /// Check the toolchain, build the XDP object into target/bpf and verify it carries BTF.
     BuildEbpf,
     /// Setup, unit tests, then the privileged suite (fails if every privileged test skipped).
@@ -58,6 +62,7 @@ fn run(task: Task) -> Result<()> {
     let root = workspace_root();
     match task {
         Task::Setup => setup::run(),
+        Task::KubeAssets => kube_assets::run(&root).map(drop),
         Task::BuildEbpf => bpf::build(&root),
         Task::Test => test::run(&root),
         Task::Bench { args } => run_bin(&root, "lb-bench", &args),

@@ -2,7 +2,8 @@
 //!
 //! What is installed and why: Debian's `rustc-web` and `rust-web-src` (a compiler with
 //! its library source, for `-Z build-std=core`), LLVM 22 for bpf-linker, bpf-linker 0.13
-//! itself, and the tools the privileged tests call.
+//! itself, and the tools the privileged tests call; last, the Kubernetes test binaries
+//! (`cargo xtask kube-assets`).
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,7 @@ use anyhow::{bail, Result};
 
 use crate::cmd;
 use crate::ebpf;
+use crate::kube_assets;
 
 /// Debian packages the project needs. Extend here (one place) when a feature needs more.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -51,6 +53,10 @@ pub fn run() -> Result<()> {
         did.push("bpffs mount");
     }
     check()?;
+    // Last: a cold build takes minutes, and it needs nothing installed above.
+    if kube_assets::run(&crate::workspace_root())? {
+        did.push("Kubernetes test binaries");
+    }
     if did.is_empty() {
         println!("setup: done, nothing to install");
     } else {

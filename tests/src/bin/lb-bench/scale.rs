@@ -272,9 +272,10 @@ enum Change {
     Remove,
 }
 
-/// `n` single changes of each kind, each on a VIP that has not changed before, each an
-/// apply of the whole snapshot and each followed by an unchanged repeat (as the agent's
-/// next tick would be). Returns the changes' rows and the repeats' row.
+/// `n` single changes of each kind, the kinds taking turns, each on a VIP that has not
+/// changed before, each an apply of the whole snapshot and each followed by an unchanged
+/// repeat (as the agent's next tick would be). Returns the changes' rows and the
+/// repeats' row.
 fn changes(dp: &mut XdpDataplane, snap: &mut Snapshot, n: usize) -> Result<(Vec<ChangeRow>, ChangeRow)> {
     const STRIDE: u32 = 41;
     let kinds = [
@@ -282,14 +283,15 @@ fn changes(dp: &mut XdpDataplane, snap: &mut Snapshot, n: usize) -> Result<(Vec<
         (Change::Add, "One backend added to one VIP"),
         (Change::Remove, "One backend removed from one VIP"),
     ];
-    ensure!((n as u32) * STRIDE < VIPS / kinds.len() as u32, "too many repetitions for distinct VIPs");
-    let mut rows = Vec::new();
-    let mut added = 0;
+    let share = VIPS / kinds.len() as u32;
+    ensure!((n as u32) * STRIDE < share, "too many repetitions for distinct VIPs");
+    let mut ms = vec![Vec::with_capacity(n); kinds.len()];
+    let mut writes = vec![Vec::with_capacity(n); kinds.len()];
     let mut repeats = Vec::with_capacity(n * kinds.len());
-    for (k, (kind, case)) in kinds.into_iter().enumerate() {
-        let (mut ms, mut writes) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for r in 0..n {
-            let v = vip(k as u32 * (VIPS / kinds.len() as u32) + r as u32 * STRIDE);
+    let mut added = 0;
+    for r in 0..n {
+        for (k, (kind, case)) in kinds.iter().enumerate() {
+            let v = vip(k as u32 * share + r as u32 * STRIDE);
             let list = &mut snap.vips.get_mut(&v).context("VIP missing from the snapshot")?.backends;
             match kind {
                 Change::Weight => {
@@ -309,12 +311,16 @@ fn changes(dp: &mut XdpDataplane, snap: &mut Snapshot, n: usize) -> Result<(Vec<
                 report.vips_changed == 1 && report.vips_added == 0 && report.vips_removed == 0 && report.writes > 0,
                 "{case} on {v}: {report:?}"
             );
-            ms.push(t);
-            writes.push(report.writes as f64);
+            ms[k].push(t);
+            writes[k].push(report.writes as f64);
             repeats.push(unchanged(dp, snap)?);
         }
-        rows.push(ChangeRow { case, ms: Summary::of(&ms), writes: Summary::of(&writes) });
     }
+    let rows = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, (_, case))| ChangeRow { case, ms: Summary::of(&ms[k]), writes: Summary::of(&writes[k]) })
+        .collect();
     let repeats =
         ChangeRow { case: "Unchanged snapshot (repeat)", ms: Summary::of(&repeats), writes: Summary::of(&[0.0]) };
     Ok((rows, repeats))

@@ -1,0 +1,313 @@
+//! Kubernetes end to end: a real kube-apiserver + etcd, the agent running as the
+//! ServiceAccount of `deploy/` with exactly its RBAC, and real traffic in the lab.
+//!
+//! The control plane runs inside the lab's LB namespace (so the agent, also there,
+//! reaches it on 127.0.0.1); the test body runs on a runtime on a thread in that
+//! namespace. EndpointSlices are written by the test, as the EndpointSlice controller
+//! would (no kubelet runs pods here).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use lb_agent::config::XdpModeChoice;
+use lb_tests::agent::{Agent, PinnedMaps};
+use lb_tests::kube::ApiServer;
+use lb_tests::lab::{backend_addrs, Lab, VIP4};
+use lb_tests::servers::{split, start_backend, tcp_backends, udp_backends, TCP_PORT, UDP_PORT};
+use serde::Deserialize as _;
+use serde_json::json;
+
+/// Runs the future `f` makes on a current-thread runtime on a thread inside network
+/// namespace `ns` (the future is made there, so it need not be `Send`).
+fn block_on_in<T: Send, Fut: Future<Output = T>>(ns: &str, f: impl FnOnce() -> Fut + Send) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+        })
+        .join()
+        .expect("test thread")
+    })
+}
+
+/// Applies `deploy/namespace.yaml` and `deploy/rbac.yaml` exactly as shipped.
+async fn apply_deploy(client: &Client) -> Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let pp = PatchParams::apply("lb-tests").force();
+    for file in ["namespace.yaml", "rbac.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}"))?;
+        let docs = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| Ok(serde_yaml::from_value::<serde_json::Value>(serde_yaml::Value::deserialize(d)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        for v in docs {
+            let name = v["metadata"]["name"].as_str().context("name")?.to_string();
+            let ns = v["metadata"]["namespace"].as_str().unwrap_or("lb-system").to_string();
+            match v["kind"].as_str() {
+                Some("Namespace") => {
+                    drop(Api::<Namespace>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
+                }
+                Some("ServiceAccount") => drop(
+                    Api::<ServiceAccount>::namespaced(client.clone(), &ns).patch(&name, &pp, &Patch::Apply(&v)).await?,
+                ),
+                Some("ClusterRole") => {
+                    drop(Api::<ClusterRole>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
+                }
+                Some("ClusterRoleBinding") => {
+                    drop(Api::<ClusterRoleBinding>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
+                }
+                other => anyhow::bail!("unexpected kind {other:?} in {file}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the agent as the deploy/ ServiceAccount (a kubeconfig with its token).
+async fn start_agent(api: &ApiServer, lab: &Lab, extra: &[&str]) -> Result<Agent> {
+    let token = api.service_account_token("lb-system", "lb-agent").await?;
+    let kubeconfig = api.kubeconfig(&token);
+    let kc = kubeconfig.to_string_lossy().to_string();
+    let mut args = vec!["--kubeconfig", kc.as_str(), "--node-name", "lbtest", "--metrics-addr", "off"];
+    args.extend_from_slice(extra);
+    Agent::start_kube(lab, &args)
+}
+
+/// A namespace with its `default` ServiceAccount (no controller-manager makes it here).
+async fn namespace(client: &Client, name: &str) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), name).create(&PostParams::default(), &sa).await?;
+    Ok(())
+}
+
+/// Pods stand for the backends' metadata (labels, the `progress` label).
+async fn pods(client: &Client, progress: &BTreeMap<usize, &str>, count: usize) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "web");
+    for i in 0..count {
+        let labels = progress.get(&i).map(|p| json!({"app": "echo", "progress": p})).unwrap_or(json!({"app": "echo"}));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("b{i}"), "labels": labels},
+            "spec": {"containers": [{"name": "echo", "image": "echo"}]}
+        }))?;
+        api.create(&PostParams::default(), &pod).await?;
+    }
+    Ok(())
+}
+
+fn service(name: &str, address: &str, ports: serde_json::Value) -> Result<Service> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "lb-agent.io/xdp", "loadBalancerIP": address, "ports": ports}
+    }))?)
+}
+
+/// An endpoint of backend `i`: (ready, serving, terminating).
+fn endpoint(i: usize, state: (bool, bool, bool)) -> serde_json::Value {
+    json!({"addresses": [backend_addrs(i).0.to_string()],
+           "conditions": {"ready": state.0, "serving": state.1, "terminating": state.2},
+           "targetRef": {"kind": "Pod", "namespace": "web", "name": format!("b{i}")}})
+}
+
+async fn put_slice(client: &Client, service: &str, endpoints: Vec<serde_json::Value>) -> Result<()> {
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}, {"name": "udp", "port": UDP_PORT, "protocol": "UDP"}],
+        "endpoints": endpoints
+    }))?;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "web");
+    api.patch(&format!("{service}-1"), &PatchParams::apply("lb-tests").force(), &Patch::Apply(&slice)).await?;
+    Ok(())
+}
+
+/// Polls until `f` holds; returns how long it took.
+async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await? {
+            return Ok(start.elapsed());
+        }
+        ensure!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn active_backends(agent: &Agent) -> Result<Vec<IpAddr>> {
+    let Ok(m) = PinnedMaps::open(&agent.pin_dir) else { return Ok(vec![]) };
+    let mut v: Vec<IpAddr> = m
+        .backend_list()?
+        .iter()
+        .filter(|(_, b)| b.flags & lb_common::BACKEND_F_DRAINING == 0)
+        .map(|(_, b)| lb_agent::model::addr_from_bytes(b.family, &b.addr))
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+fn addrs(list: &[usize]) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = list.iter().map(|i| backend_addrs(*i).0).collect();
+    v.sort();
+    v
+}
+
+async fn pod_progress(client: &Client, i: usize) -> Result<Option<String>> {
+    let p = Api::<Pod>::namespaced(client.clone(), "web").get(&format!("b{i}")).await?;
+    Ok(p.metadata.labels.and_then(|l| l.get("progress").cloned()))
+}
+
+fn vip_sock(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP4.parse().unwrap(), port)
+}
+
+async fn service_to_traffic(lab: &Lab) -> Result<()> {
+    let mut api = ApiServer::start().await?;
+    println!("kube-apiserver ready in {:?}", api.last_start());
+    let admin = api.client();
+    apply_deploy(&admin).await?;
+    let mut agent =
+        start_agent(&api, lab, &["--ramp-interval", "1s", "--ramp-step", "50", "--drain-min", "2s"]).await?;
+    namespace(&admin, "web").await?;
+    pods(&admin, &BTreeMap::from([(3, "0")]), 4).await?;
+    let svc = service(
+        "echo",
+        VIP4,
+        json!([{"name": "tcp", "port": TCP_PORT}, {"name": "udp", "port": UDP_PORT, "protocol": "UDP"}]),
+    )?;
+    let services: Api<Service> = Api::namespaced(admin.clone(), "web");
+    services.create(&PostParams::default(), &svc).await?;
+    let ready = (true, true, false);
+    let t0 = Instant::now();
+    put_slice(&admin, "echo", (0..3).map(|i| endpoint(i, ready)).collect()).await?;
+    until("the three endpoints in the maps", Duration::from_secs(20), || async {
+        Ok(active_backends(&agent)? == addrs(&[0, 1, 2]))
+    })
+    .await
+    .with_context(|| agent.log_text())?;
+    println!("EndpointSlice created -> maps programmed: {:?} (agent start included)", t0.elapsed());
+
+    // Status: the ingress with ipMode, and this host's condition.
+    until("Service status", Duration::from_secs(10), || async {
+        let s = services.get("echo").await?;
+        let st = serde_json::to_value(s.status.unwrap_or_default())?;
+        let ingress_ok = st["loadBalancer"]["ingress"] == json!([{"ip": VIP4, "ipMode": "VIP"}]);
+        let cond_ok = st["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "lb-agent.io/Programmed-lbtest" && c["status"] == "True"));
+        Ok(ingress_ok && cond_ok)
+    })
+    .await?;
+    let tcp = tcp_backends(lab, vip_sock(TCP_PORT), 600)?;
+    let udp = udp_backends(lab, vip_sock(UDP_PORT), 300)?;
+    println!("TCP split {:.3?}, UDP split {:.3?}", split(&tcp), split(&udp));
+    for share in split(&tcp).values().chain(split(&udp).values()) {
+        ensure!((share - 1.0 / 3.0).abs() < 0.08, "equal weights: {:?}", split(&tcp));
+    }
+
+    // A new endpoint whose pod says progress=0 ramps; the agent writes progress back.
+    let t1 = Instant::now();
+    put_slice(&admin, "echo", (0..4).map(|i| endpoint(i, ready)).collect()).await?;
+    let lat =
+        until("b3 in the maps", Duration::from_secs(10), || async { Ok(active_backends(&agent)?.len() == 4) }).await?;
+    println!("EndpointSlice update -> map update: {lat:?}");
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = pod_progress(&admin, 3).await?.unwrap_or_default();
+        if seen.last() != Some(&p) {
+            seen.push(p.clone());
+        }
+        if p == "100" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "b3's progress label never reached 100: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("b3 progress label: {seen:?} ({:?} after the update)", t1.elapsed());
+    ensure!(seen.iter().any(|p| p == "50"), "the ramp is visible step by step: {seen:?}");
+
+    // A terminating-but-serving endpoint drains: no new connections.
+    put_slice(
+        &admin,
+        "echo",
+        vec![endpoint(0, ready), endpoint(1, (false, true, true)), endpoint(2, ready), endpoint(3, ready)],
+    )
+    .await?;
+    until("b1 draining", Duration::from_secs(10), || async {
+        Ok(!active_backends(&agent)?.contains(&backend_addrs(1).0))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        !tcp_backends(lab, vip_sock(TCP_PORT), 300)?.iter().any(|b| b == "b1"),
+        "a draining endpoint got new connections"
+    );
+
+    // The API server goes away: the data plane keeps serving; it comes back: converge.
+    api.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(tcp_backends(lab, vip_sock(TCP_PORT), 100)?.len() == 100, "traffic flows while the API server is down");
+    api.restart().await?;
+    put_slice(&admin, "echo", vec![endpoint(0, ready), endpoint(2, ready), endpoint(3, ready)]).await?;
+    let lat = until("convergence after the API server restart", Duration::from_secs(30), || async {
+        let m = PinnedMaps::open(&agent.pin_dir)?;
+        Ok(m.backend_by_addr(backend_addrs(1).0)?.is_none() && active_backends(&agent)? == addrs(&[0, 2, 3]))
+    })
+    .await
+    .with_context(|| agent.log_text())?;
+    println!("after the API server restart, converged in {lat:?}");
+
+    // Events: the Service was reported programmed.
+    let events: Api<Event> = Api::namespaced(admin.clone(), "web");
+    let reasons: Vec<String> =
+        events.list(&ListParams::default()).await?.items.into_iter().filter_map(|e| e.reason).collect();
+    ensure!(reasons.iter().any(|r| r == "Programmed"), "a Programmed Event: {reasons:?}");
+
+    // The Service goes: its VIPs leave the maps and the interface.
+    services.delete("echo", &DeleteParams::default()).await?;
+    until("VIPs removed", Duration::from_secs(10), || async {
+        Ok(PinnedMaps::open(&agent.pin_dir)?.vip_count()? == 0)
+    })
+    .await?;
+    let addrs = lb_tests::netns::ip(&lab.lb(), &["-br", "addr", "show", "eth0"])?;
+    ensure!(!addrs.contains(VIP4), "VIP address removed: {addrs}");
+    agent.wait_programmed(0, 0).ok();
+    Ok(())
+}
+
+#[test]
+fn kubernetes_service_becomes_balanced_traffic() {
+    if lb_tests::skip("kubernetes_service_becomes_balanced_traffic") {
+        return;
+    }
+    if let Err(e) = lb_tests::kube::assets_dir() {
+        if std::env::var_os("CI").is_none() {
+            lb_tests::record_skip("kubernetes_service_becomes_balanced_traffic", &e.to_string());
+            return;
+        }
+    }
+    let lab = Lab::new("kube", 4, XdpModeChoice::Native).unwrap();
+    for i in 0..4 {
+        start_backend(&lab, i).unwrap();
+    }
+    let lb = lab.lb();
+    block_on_in(&lb, || service_to_traffic(&lab)).unwrap();
+}
