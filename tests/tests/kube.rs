@@ -311,3 +311,113 @@ fn kubernetes_service_becomes_balanced_traffic() {
     let lb = lab.lb();
     block_on_in(&lb, || service_to_traffic(&lab)).unwrap();
 }
+
+/// Warning Events of a Service, by reason.
+async fn event_reasons(client: &Client, service: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "web");
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+async fn bad_services_and_rbac(lab: &Lab) -> Result<()> {
+    let api = ApiServer::start().await?;
+    let admin = api.client();
+    apply_deploy(&admin).await?;
+    namespace(&admin, "web").await?;
+    pods(&admin, &BTreeMap::new(), 2).await?;
+
+    // Without the RBAC of deploy/, the agent says which permission it lacks and never
+    // programs anything.
+    let nobody = api.service_account_token("lb-system", "nobody").await?;
+    let kc = api.kubeconfig(&nobody).to_string_lossy().to_string();
+    let unauthorized = Agent::start_kube(lab, &["--kubeconfig", &kc, "--metrics-addr", "off"])?;
+    let log = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = unauthorized.log_text();
+            if log.contains("cannot list resource \"services\"") || Instant::now() > deadline {
+                break log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    ensure!(
+        log.contains("services is forbidden") && log.contains("cannot list resource \"services\""),
+        "the missing permission is named:\n{log}"
+    );
+    ensure!(!log.contains("ready: first sync done"), "nothing is applied without the caches");
+    unauthorized.kill()?;
+    println!("without RBAC: {}", log.lines().find(|l| l.contains("forbidden")).unwrap_or("").trim());
+
+    let agent = start_agent(&api, lab, &[]).await?;
+    let services: Api<Service> = Api::namespaced(admin.clone(), "web");
+    let pp = PostParams::default();
+    services.create(&pp, &service("echo", VIP4, json!([{"name": "tcp", "port": TCP_PORT}]))?).await?;
+    put_slice(&admin, "echo", vec![endpoint(0, (true, true, false)), endpoint(1, (true, true, false))]).await?;
+    services.create(&pp, &service("bad-address", "not-an-ip", json!([{"name": "tcp", "port": 80}]))?).await?;
+    services
+        .create(
+            &pp,
+            &service(
+                "sctp",
+                "192.0.2.101",
+                json!([{"name": "s", "port": 80, "protocol": "SCTP"}, {"name": "tcp", "port": TCP_PORT}]),
+            )?,
+        )
+        .await?;
+    services.create(&pp, &service("thief", VIP4, json!([{"name": "tcp", "port": TCP_PORT}]))?).await?;
+
+    let want = [
+        ("bad-address", "InvalidAddress"),
+        ("sctp", "UnsupportedProtocol"),
+        ("sctp", "NoReadyEndpoints"),
+        ("thief", "AddressConflict"),
+        ("echo", "Programmed"),
+    ];
+    for (svc, reason) in want {
+        until(&format!("{reason} Event on {svc}"), Duration::from_secs(15), || async {
+            Ok(event_reasons(&admin, svc).await?.iter().any(|r| r == reason))
+        })
+        .await
+        .with_context(|| agent.log_text())?;
+    }
+    // The good Service is untouched by the others: programmed, and its traffic flows.
+    let names = tcp_backends(lab, vip_sock(TCP_PORT), 200)?;
+    ensure!(split(&names).len() == 2, "echo's traffic reaches both backends: {:?}", split(&names));
+    let st = serde_json::to_value(services.get("echo").await?.status.unwrap_or_default())?;
+    ensure!(st["loadBalancer"]["ingress"] == json!([{"ip": VIP4, "ipMode": "VIP"}]), "echo's status: {st}");
+    let thief = serde_json::to_value(services.get("thief").await?.status.unwrap_or_default())?;
+    let cond = &thief["conditions"][0];
+    ensure!(cond["status"] == "False" && cond["reason"] == "NotProgrammed", "thief's condition: {cond}");
+    println!(
+        "events: bad-address {:?}, thief {:?}",
+        event_reasons(&admin, "bad-address").await?,
+        event_reasons(&admin, "thief").await?
+    );
+    Ok(())
+}
+
+#[test]
+fn kubernetes_bad_services_and_missing_rbac() {
+    if lb_tests::skip("kubernetes_bad_services_and_missing_rbac") {
+        return;
+    }
+    if let Err(e) = lb_tests::kube::assets_dir() {
+        if std::env::var_os("CI").is_none() {
+            lb_tests::record_skip("kubernetes_bad_services_and_missing_rbac", &e.to_string());
+            return;
+        }
+    }
+    let lab = Lab::new("kbad", 2, XdpModeChoice::Native).unwrap();
+    for i in 0..2 {
+        start_backend(&lab, i).unwrap();
+    }
+    let lb = lab.lb();
+    block_on_in(&lb, || bad_services_and_rbac(&lab)).unwrap();
+}
