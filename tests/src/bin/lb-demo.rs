@@ -89,14 +89,21 @@ fn main() -> Result<()> {
         }
     }
     println!("  (replies went from the backends straight to the client: pass_not_vip stays ~0)");
-    let vips = agent.pin_dir.join(lb_common::MAP_VIPS);
+    println!("\n$ lb-agent status --iface eth0");
+    let mut status = lb_tests::netns::command_in(&lab.lb(), &lb_tests::agent::agent_binary()?)?;
+    let out = status.args(["status", "--iface", "eth0", "--pin-root"]).arg(&agent.pin_root).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let vips = lb_agent::loader::maps_dir(&agent.pin_dir).join(lb_common::MAP_VIPS);
     println!("\n$ bpftool map dump pinned {}   (first entry)", vips.display());
     match lb_tests::netns::sh("bpftool", &["map", "dump", "pinned", &vips.to_string_lossy()]) {
         Ok(out) => out.lines().take(20).for_each(|l| println!("{l}")),
         Err(e) => println!("  (bpftool: {e})"),
     }
     drop(maps);
+    let pin_root = agent.pin_root.clone();
     let status = agent.stop()?;
-    println!("\nlb-agent stopped ({status}); removing the lab.");
+    println!("\nlb-agent stopped ({status}); the data path stays in place until `lb-agent cleanup`:");
+    lb_tests::agent::cleanup(&lab, &pin_root)?;
+    println!("cleanup done (program detached, pins and VIP addresses removed); removing the lab.");
     Ok(())
 }
