@@ -75,7 +75,7 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
         hash::flow_hash_v6(&s, &d, ports, q.vip.proto.number(), seed)
     };
     let slot = maglev::slot_of(h, maps.tables.table_size());
-    let entry = maps.tables.get(meta.id, meta.half, slot);
+    let entry = maps.tables.get(meta.id, meta.half, slot)?;
     let active = |id: u32| -> Result<Option<Backend>, MapError> {
         if id >= maps.backends.len() {
             return Ok(None);

@@ -1,36 +1,62 @@
-//! `TABLES` through a shared memory mapping (the map is `BPF_F_MMAPABLE`): the agent
+//! `TABLES` through shared memory mappings (the map is `BPF_F_MMAPABLE`): the agent
 //! reads and writes table slots with plain loads and stores instead of a syscall each.
+//!
+//! Only the pages of the VIP being read or written are mapped, and only while it is
+//! (a window over its two halves): mapping the whole map would count all of it — the
+//! tables of every possible VIP — in the agent's resident memory.
+
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::MapData;
 use lb_common::{table_index, TableEntry, TABLE_HALVES};
-use std::os::fd::{AsFd, AsRawFd};
+
+const PAGE: usize = 4096;
+const ENTRY: usize = std::mem::size_of::<TableEntry>();
 
 pub struct TableMem {
-    ptr: *mut u64,
+    map: MapData,
     entries: usize,
     table_size: u32,
-    // Keeps the map's fd open for as long as the mapping is used.
-    _map: MapData,
 }
 
-// SAFETY: the mapping is owned by this value; access goes through &self/&mut self.
-unsafe impl Send for TableMem {}
-unsafe impl Sync for TableMem {}
+/// The pages holding one VIP's two halves, mapped for as long as this lives.
+struct Window {
+    ptr: *mut u8,
+    len: usize,
+    /// Byte offset in the map of `ptr`.
+    offset: usize,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `TableMem::window` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+impl Window {
+    fn slot(&self, index: usize) -> *mut u64 {
+        let byte = index * ENTRY - self.offset;
+        assert!(byte + ENTRY <= self.len, "table index {index} outside the window");
+        // SAFETY: inside the mapping (checked); 8-byte aligned (page-aligned base, 8-byte entries).
+        unsafe { self.ptr.add(byte).cast() }
+    }
+    fn get(&self, index: usize) -> TableEntry {
+        // SAFETY: see `slot`.
+        let raw = unsafe { self.slot(index).read_volatile() };
+        TableEntry { backend: raw as u32, prev: (raw >> 32) as u32 }
+    }
+    /// One 8-byte store: a packet reading the slot sees the old or the new entry.
+    fn set(&self, index: usize, e: TableEntry) {
+        // SAFETY: see `slot`.
+        unsafe { self.slot(index).write_volatile(e.backend as u64 | ((e.prev as u64) << 32)) };
+    }
+}
 
 impl TableMem {
-    /// Maps `entries` entries of the `TABLES` map.
+    /// `entries` is the `TABLES` map's size; nothing is mapped yet.
     pub fn map(map: MapData, entries: u32, table_size: u32) -> std::io::Result<Self> {
-        let entries = entries as usize;
-        let fd = map.fd().as_fd().as_raw_fd();
-        let len = entries * std::mem::size_of::<TableEntry>();
-        // SAFETY: mapping a BPF array fd as the kernel documents for BPF_F_MMAPABLE maps.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(TableMem { ptr: ptr.cast(), entries, table_size, _map: map })
+        Ok(TableMem { map, entries: entries as usize, table_size })
     }
 
     pub fn table_size(&self) -> u32 {
@@ -48,40 +74,52 @@ impl TableMem {
         i
     }
 
-    pub fn get(&self, vip_id: u32, half: u32, slot: u32) -> TableEntry {
-        // SAFETY: index is bounds-checked; 8-byte aligned inside a page-aligned mapping.
-        let raw = unsafe { self.ptr.add(self.index(vip_id, half, slot)).read_volatile() };
-        TableEntry { backend: raw as u32, prev: (raw >> 32) as u32 }
+    /// Maps the pages that hold VIP `vip_id`'s two halves.
+    fn window(&self, vip_id: u32) -> std::io::Result<Window> {
+        let start = self.index(vip_id, 0, 0) * ENTRY;
+        let end = (self.index(vip_id, TABLE_HALVES - 1, self.table_size - 1) + 1) * ENTRY;
+        let offset = start / PAGE * PAGE;
+        let map_end = (self.entries * ENTRY).div_ceil(PAGE) * PAGE;
+        let len = (end.div_ceil(PAGE) * PAGE).min(map_end) - offset;
+        let fd = self.map.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping part of a BPF_F_MMAPABLE array, as the kernel documents.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as i64,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Window { ptr: ptr.cast(), len, offset })
     }
 
-    /// One 8-byte store: a packet reading the slot sees the old or the new entry.
-    pub fn set(&mut self, vip_id: u32, half: u32, slot: u32, e: TableEntry) {
-        let raw = e.backend as u64 | ((e.prev as u64) << 32);
-        // SAFETY: as in `get`.
-        unsafe { self.ptr.add(self.index(vip_id, half, slot)).write_volatile(raw) };
+    pub fn get(&self, vip_id: u32, half: u32, slot: u32) -> std::io::Result<TableEntry> {
+        Ok(self.window(vip_id)?.get(self.index(vip_id, half, slot)))
     }
 
     /// A whole table (one half of one VIP).
-    pub fn read(&self, vip_id: u32, half: u32) -> Vec<TableEntry> {
-        (0..self.table_size).map(|s| self.get(vip_id, half, s)).collect()
+    pub fn read(&self, vip_id: u32, half: u32) -> std::io::Result<Vec<TableEntry>> {
+        let w = self.window(vip_id)?;
+        Ok((0..self.table_size).map(|s| w.get(self.index(vip_id, half, s))).collect())
     }
 
     /// Writes the slots of a half that differ from `want`; returns how many.
-    pub fn write_diff(&mut self, vip_id: u32, half: u32, want: &[TableEntry]) -> usize {
+    pub fn write_diff(&mut self, vip_id: u32, half: u32, want: &[TableEntry]) -> std::io::Result<usize> {
+        let w = self.window(vip_id)?;
         let mut n = 0;
         for (slot, e) in want.iter().enumerate() {
-            if self.get(vip_id, half, slot as u32) != *e {
-                self.set(vip_id, half, slot as u32, *e);
+            let i = self.index(vip_id, half, slot as u32);
+            if w.get(i) != *e {
+                w.set(i, *e);
                 n += 1;
             }
         }
-        n
-    }
-}
-
-impl Drop for TableMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.entries * std::mem::size_of::<TableEntry>()) };
+        Ok(n)
     }
 }

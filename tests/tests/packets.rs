@@ -278,7 +278,7 @@ fn settling_keeps_live_pins() {
     let changed = |lab: &Lab| {
         let id = lab.dp.vip_id(&vip(v)).unwrap();
         let meta = lab.dp.maps().vips.get(&vip(v).key(), 0).unwrap();
-        lab.dp.maps().tables.read(id, meta.half).iter().filter(|e| e.backend != e.prev).count()
+        lab.dp.maps().tables.read(id, meta.half).unwrap().iter().filter(|e| e.backend != e.prev).count()
     };
     let changed_before = changed(&lab);
     // Pin the flows (their first packet after the change), wait out the idle time,

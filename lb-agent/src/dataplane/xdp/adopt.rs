@@ -54,7 +54,7 @@ impl XdpDataplane {
                     draining: b.flags & BACKEND_F_DRAINING != 0,
                 });
             }
-            let live = dp.maps.tables.read(meta.id, meta.half);
+            let live = dp.maps.tables.read(meta.id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
             let state = VipState {
                 id: meta.id,
                 meta,

@@ -94,7 +94,7 @@ fn settle_vip<'a>(
     let state = &dp.vips[&vip];
     let (id, meta) = (state.id, state.meta);
     let affinity = meta.flags & VIP_F_AFFINITY != 0;
-    let live = dp.maps.tables.read(id, meta.half);
+    let live = dp.maps.tables.read(id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
     let keep: BTreeSet<u32> = flows
         .filter(|(k, _)| k.vip_id == id)
         .filter_map(|(k, v)| {
@@ -122,7 +122,7 @@ fn settle_vip<'a>(
         return Ok(0);
     }
     let idle_half = 1 - meta.half;
-    dp.maps.tables.write_diff(id, idle_half, &next);
+    dp.maps.tables.write_diff(id, idle_half, &next).map_err(|source| XdpError::Table { vip, source })?;
     let mut flipped = meta;
     flipped.half = idle_half;
     dp.maps.vips.insert(vip.key(), flipped, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;

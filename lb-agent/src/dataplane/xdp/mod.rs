@@ -40,6 +40,12 @@ pub enum XdpError {
         #[source]
         source: MapError,
     },
+    #[error("mapping the tables of VIP {vip}: {source}")]
+    Table {
+        vip: Vip,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading map {map}: {source}")]
     Read {
         map: &'static str,
@@ -177,7 +183,8 @@ impl XdpDataplane {
         let next: Option<Vec<TableEntry>> = if is_new {
             Some(table::fresh_entries(&assigned))
         } else {
-            let live = self.maps.tables.read(state.id, state.meta.half);
+            let live =
+                self.maps.tables.read(state.id, state.meta.half).map_err(|source| XdpError::Table { vip, source })?;
             let next = table::next_entries(&live, &assigned, |id| removed.contains(&id));
             (next != live).then_some(next)
         };
@@ -187,7 +194,8 @@ impl XdpDataplane {
         meta.flags = if wanted.affinity_timeout_s > 0 { VIP_F_AFFINITY } else { 0 } | (meta.flags & VIP_F_NO_BACKENDS);
         if let Some(next) = &next {
             let idle = if is_new { 0 } else { 1 - state.meta.half };
-            writes += self.maps.tables.write_diff(state.id, idle, next);
+            writes +=
+                self.maps.tables.write_diff(state.id, idle, next).map_err(|source| XdpError::Table { vip, source })?;
             meta.half = idle;
             let empty = next.iter().all(|e| e.backend == NO_BACKEND && e.prev == NO_BACKEND);
             meta.flags = (meta.flags & !VIP_F_NO_BACKENDS) | if empty { VIP_F_NO_BACKENDS } else { 0 };

@@ -234,7 +234,7 @@ fn check_tables(dp: &XdpDataplane) -> Result<usize> {
     for i in 0..VIPS {
         let v = vip(i);
         let meta = dp.maps().vips.get(&v.key(), 0).with_context(|| format!("VIPS entry of {v}"))?;
-        let live = dp.maps().tables.read(meta.id, meta.half);
+        let live = dp.maps().tables.read(meta.id, meta.half)?;
         ensure!(live.iter().all(|e| e.backend != NO_BACKEND && e.backend == e.prev), "{v}: table not full and stable");
         written += live.iter().filter(|e| **e != TableEntry::default()).count();
     }

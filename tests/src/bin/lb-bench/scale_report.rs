@@ -286,10 +286,11 @@ fn memory(d: &mut String, s: &Scale) {
     }
     let _ = writeln!(
         d,
-        "\n`TABLES` is kernel memory ({:.1} MiB) mapped into the process so the agent can write slots without \
-         syscalls. The kernel maps all of its pages when the mapping is made, so RSS counts the whole map from \
-         load on, touched or not (it shows in RssFile, not RssAnon). The process's own memory (the data plane's \
-         state, the snapshot, the program objects, the binary) is the VmRSS − TABLES column.\n",
+        "\n`TABLES` is kernel memory ({:.1} MiB). The agent writes its slots through a memory mapping instead of a \
+         syscall each, but maps only the pages of the one VIP it is reading or writing, and only while it does \
+         (`lb-agent/src/tables.rs`), so between applies none of it is resident in the process (the TABLES \
+         resident column; it would show in RssFile). The process's own memory (the data plane's state, the \
+         snapshot, the program objects, the binary) is the VmRSS − TABLES column.\n",
         tables as f64 / 1048576.0
     );
     d.push_str(

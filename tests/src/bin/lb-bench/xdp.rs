@@ -75,7 +75,7 @@ impl Bench {
 
     pub fn changed_slots(&self) -> Result<usize> {
         let meta = self.dp.maps().vips.get(&self.vip.key(), 0)?;
-        let live = self.dp.maps().tables.read(meta.id, meta.half);
+        let live = self.dp.maps().tables.read(meta.id, meta.half)?;
         Ok(live.iter().filter(|e| e.backend != e.prev).count())
     }
 
