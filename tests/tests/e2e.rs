@@ -99,10 +99,14 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
     assert_split("IPv4 TCP after the change", &tcp_backends(&lab, v4t, 1200)?, &weights2, 0.05);
     drop(conns);
 
-    // A removed backend gets no new connections.
+    // A removed backend drains: it gets no new connections.
     let weights3 = [(0, 4), (2, 3), (3, 3)];
     agent.reload(&config(&weights3))?;
-    agent.wait_programmed(4, 12)?;
+    let (b1v4, b1v6) = backend_addrs(1);
+    lb_tests::traffic::wait_for("b1 draining", Duration::from_secs(10), || {
+        let draining = |b: Option<lb_common::Backend>| b.is_some_and(|b| b.flags & lb_common::BACKEND_F_DRAINING != 0);
+        Ok(draining(maps.backend_by_addr(b1v4)?) && draining(maps.backend_by_addr(b1v6)?))
+    })?;
     std::thread::sleep(Duration::from_millis(200));
     for (what, names) in [("IPv4 TCP", tcp_backends(&lab, v4t, 400)?), ("IPv6 UDP", udp_backends(&lab, v6u, 300)?)] {
         let per: BTreeMap<_, _> = split(&names);

@@ -247,3 +247,33 @@ fn reload_applies_valid_vips_and_keeps_an_invalid_one() {
     }
     reload_with_invalid_vip().unwrap();
 }
+
+/// A restart with other load-time settings cannot adopt the maps: they are replaced
+/// (logged), the new program is swapped into the pinned link, traffic keeps flowing.
+fn replaced_maps() -> Result<()> {
+    let lab = lab_with("m", 2)?;
+    let config = tcp_config(&[(0, 1, Some(100)), (1, 1, Some(100))], "");
+    let mut agent = Agent::start(&lab, &config, &["--table-size", "1021"])?;
+    agent.wait_programmed(1, 2)?;
+    let churn = Background::churn(&lab, vip())?;
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop()?;
+    let mut agent = Agent::start(&lab, &config, &["--table-size", "2039"])?;
+    agent.wait_programmed(1, 2)?;
+    let log = agent.log_text();
+    ensure!(log.contains("replaced") && log.contains("table_size: 1021"), "the replacement is logged:\n{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = churn.finish()?;
+    println!("maps replaced (table size 1021 -> 2039): {} new connections, {} failed", c.ok, c.failed);
+    ensure!(c.ok > 20, "connections kept coming ({})", c.ok);
+    ensure!(split(&tcp_backends(&lab, vip(), 200)?).len() == 2, "both backends serve after the replacement");
+    Ok(())
+}
+
+#[test]
+fn restart_with_other_settings_replaces_the_maps() {
+    if lb_tests::skip("restart_with_other_settings_replaces_the_maps") {
+        return;
+    }
+    replaced_maps().unwrap();
+}

@@ -1,13 +1,17 @@
 //! `cargo xtask bench`: the XDP program's per-packet cost through BPF_PROG_TEST_RUN,
-//! the Maglev build time and the control plane at scale (10,000 VIPs through
-//! `XdpDataplane::apply`), printed and written to BENCHMARKS.md.
+//! the Maglev build time, the control plane at scale (10,000 VIPs through
+//! `XdpDataplane::apply`) and the agent at Kubernetes scale (10,000 Services in a real
+//! API server), printed and written to BENCHMARKS.md.
 //!
-//! Usage: `lb-bench [--quick] [--scale-only] [--out PATH]`. `--quick` takes fewer rounds
-//! and repetitions (same sizes); `--scale-only` measures only the scale part and replaces
-//! just its section of the file. Needs root (BPF), no network namespaces.
+//! Usage: `lb-bench [--quick] [--scale-only | --kube-only] [--out PATH]`. `--quick` takes
+//! fewer rounds and repetitions (same sizes); `--scale-only` / `--kube-only` measure only
+//! that part and replace just its section of the file. Needs root (BPF); the Kubernetes
+//! part also needs network namespaces and the kube-apiserver and etcd binaries.
 
 #[path = "lb-bench/cases.rs"]
 mod cases;
+#[path = "lb-bench/kube.rs"]
+mod kube;
 #[path = "lb-bench/maglev.rs"]
 mod maglev;
 #[path = "lb-bench/memory.rs"]
@@ -29,7 +33,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
-const USAGE: &str = "usage: lb-bench [--quick] [--scale-only] [--out PATH]";
+const USAGE: &str = "usage: lb-bench [--quick] [--scale-only | --kube-only] [--out PATH]";
 
 /// How much to measure.
 pub struct Plan {
@@ -76,16 +80,18 @@ impl Plan {
 struct Args {
     quick: bool,
     scale_only: bool,
+    kube_only: bool,
     out: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { quick: false, scale_only: false, out: PathBuf::from(DEFAULT_OUT) };
+    let mut args = Args { quick: false, scale_only: false, kube_only: false, out: PathBuf::from(DEFAULT_OUT) };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--scale-only" => args.scale_only = true,
+            "--kube-only" => args.kube_only = true,
             "--out" => args.out = it.next().context("--out needs a path")?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -93,6 +99,9 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!("unknown argument {other:?}"),
         }
+    }
+    if args.scale_only && args.kube_only {
+        bail!("--scale-only and --kube-only exclude each other");
     }
     Ok(args)
 }
@@ -141,25 +150,33 @@ fn run(args: &Args) -> Result<()> {
     let cpu = pin_to_current_cpu()?;
     let kind = if plan.quick { "quick" } else { "full" };
     eprintln!("lb-bench: measuring on CPU {cpu} ({kind} run)");
-    let doc = if args.scale_only {
+    let old = || match std::fs::read_to_string(&args.out) {
+        Ok(old) => Ok(old),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", args.out.display())),
+    };
+    let (doc, kube_result) = if args.kube_only {
+        (kube::splice(&old()?, &measure_kube(&plan, true)?), Ok(()))
+    } else if args.scale_only {
         let section = measure_scale(&plan, true)?;
-        let old = match std::fs::read_to_string(&args.out) {
-            Ok(old) => old,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", args.out.display())),
-        };
-        scale_report::splice(&old, &section)
+        (scale_report::splice(&old()?, &section), Ok(()))
     } else {
         let (packets, setup) = cases::measure(&plan)?;
         let build = maglev::measure(plan.maglev_builds)?;
         let tables = report::tables(&packets, &build);
         println!("{tables}\n{}", report::notes(&setup));
         let section = measure_scale(&plan, false)?;
-        report::document(&machine, &plan, &setup, &tables, &section)
+        let doc = report::document(&machine, &plan, &setup, &tables, &section);
+        // A failed Kubernetes part still leaves the other figures written.
+        let (kube_section, result) = match measure_kube(&plan, false) {
+            Ok(s) => (s, Ok(())),
+            Err(e) => (kube::skipped(&format!("the run failed: {e:#}")), Err(e)),
+        };
+        (kube::splice(&doc, &kube_section), result)
     };
     std::fs::write(&args.out, doc).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("lb-bench: wrote {}", args.out.display());
-    Ok(())
+    kube_result
 }
 
 /// The scale benchmark: prints its section and which targets it meets, returns the section.
@@ -168,6 +185,22 @@ fn measure_scale(plan: &Plan, scale_only: bool) -> Result<String> {
     let section = scale_report::section(&s, plan.quick, scale_only);
     println!("{section}");
     for (what, met) in scale_report::verdicts(&s) {
+        eprintln!("lb-bench: target {}: {what}", if met { "met" } else { "MISSED" });
+    }
+    Ok(section)
+}
+
+/// The Kubernetes benchmark: prints its section and which targets it meets, returns the
+/// section (a "not measured" one when this machine cannot run it).
+fn measure_kube(plan: &Plan, kube_only: bool) -> Result<String> {
+    if let Some(why) = kube::unavailable() {
+        eprintln!("SKIP lb-bench Kubernetes part: {why}");
+        return Ok(kube::skipped(&why));
+    }
+    let k = kube::measure(plan.quick)?;
+    let section = kube::section(&k, plan.quick, kube_only);
+    println!("{section}");
+    for (what, met) in kube::verdicts(&k) {
         eprintln!("lb-bench: target {}: {what}", if met { "met" } else { "MISSED" });
     }
     Ok(section)
