@@ -353,6 +353,11 @@ impl Netlink {
 
     /// The neighbour entry for `addr` on interface `ifindex`, if there is one
     /// (a single `RTM_GETNEIGH`, not a dump; Linux ≥ 5.0).
+    /// One neighbour's MAC, if its entry is usable (one request, no dump).
+    pub async fn neighbour_mac(&self, ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>, NetlinkError> {
+        Ok(self.neighbour(ifindex, addr).await?.as_ref().and_then(usable_neighbour).map(|(_, mac)| mac))
+    }
+
     async fn neighbour(&self, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>, NetlinkError> {
         let get_error = |source| NetlinkError::GetNeighbour { ifindex, addr, source };
         let mut query = NeighbourMessage::default();

@@ -34,11 +34,16 @@ impl Host {
         }
     }
 
-    pub async fn sync(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
+    /// Addresses and neighbour entries for `desired`; with `read_macs`, also re-reads
+    /// the neighbour table (a dump of every entry: done on the periodic tick, not on
+    /// every change, since a new backend's MAC is not resolved within a change anyway).
+    pub async fn sync(&mut self, desired: &Desired, read_macs: bool) -> Result<(), NetlinkError> {
         self.sync_addresses(desired).await?;
         self.sync_neighbours(desired).await?;
-        let neigh = self.nl.neighbours(self.link.index).await?;
-        self.remember_macs(desired, &neigh);
+        if read_macs {
+            let neigh = self.nl.neighbours(self.link.index).await?;
+            self.remember_macs(desired, &neigh);
+        }
         Ok(())
     }
 
@@ -62,9 +67,17 @@ impl Host {
     /// Backends stay resolved while they are wanted or still draining (`extra`).
     async fn sync_neighbours(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
         let wanted: BTreeSet<IpAddr> = desired.vips.values().flat_map(|v| &v.backends).map(|b| b.addr).collect();
-        for addr in wanted.difference(&self.resolving.clone()) {
+        let new: Vec<IpAddr> = wanted.difference(&self.resolving).copied().collect();
+        for addr in &new {
             self.nl.resolve(self.link.index, *addr).await?;
             self.resolving.insert(*addr);
+        }
+        // A new backend whose entry is already usable (or resolves at once) can take
+        // traffic now rather than at the next full read of the table.
+        for addr in new {
+            if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
+                self.last_mac.insert(addr, mac);
+            }
         }
         Ok(())
     }

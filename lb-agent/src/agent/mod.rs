@@ -303,20 +303,20 @@ impl Agent {
             tokio::select! {
                 _ = changed => {
                     self.recompute();
-                    self.sync_and_record(opts).await?;
+                    self.sync_and_record(opts, false).await?;
                 }
                 _ = tick.tick() => {
                     if matches!(self.source, Source::Static) && mtime(&opts.config_path) != self.config_mtime {
                         self.reload(opts);
                     }
-                    self.sync_and_record(opts).await?;
+                    self.sync_and_record(opts, true).await?;
                 }
                 _ = maintain.tick() => self.maintain(opts),
                 _ = hup.recv() => {
                     if matches!(self.source, Source::Static) {
                         self.reload(opts);
                     }
-                    self.sync_and_record(opts).await?;
+                    self.sync_and_record(opts, true).await?;
                 }
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
@@ -376,9 +376,9 @@ impl Agent {
         self.desired = desired;
     }
 
-    async fn sync_and_record(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+    async fn sync_and_record(&mut self, opts: &RunOptions, read_macs: bool) -> Result<(), AgentError> {
         let started = Instant::now();
-        let result = self.sync(opts).await;
+        let result = self.sync(opts, read_macs).await;
         let error = result.as_ref().err().map(|e| e.to_string());
         let (effective, events) = match &result {
             Ok(x) => x.clone(),
@@ -413,8 +413,12 @@ impl Agent {
 
     /// One level-triggered pass: host state, ramp, then the data plane. Returns the
     /// effective weights and the ramp's events.
-    async fn sync(&mut self, opts: &RunOptions) -> Result<(BTreeMap<Vip, Vec<Effective>>, Vec<Event>), AgentError> {
-        self.host.sync(&self.desired).await?;
+    async fn sync(
+        &mut self,
+        opts: &RunOptions,
+        read_macs: bool,
+    ) -> Result<(BTreeMap<Vip, Vec<Effective>>, Vec<Event>), AgentError> {
+        self.host.sync(&self.desired, read_macs).await?;
         let wanted: BTreeMap<Vip, (RampPolicy, Vec<Wanted>)> = self
             .desired
             .vips

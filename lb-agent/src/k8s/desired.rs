@@ -206,10 +206,18 @@ pub fn compute(
     let mut ours: Vec<&Service> = services.iter().copied().filter(|s| is_ours(s, sel)).collect();
     // Older Services first: they keep a contested VIP.
     ours.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), key_of(s)));
+    // EndpointSlices by the Service they belong to, indexed once (not scanned per Service).
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let (Some(ns), Some(name)) = (s.namespace(), s.labels().get(SERVICE_NAME_LABEL)) {
+            by_service.entry((ns, name.clone())).or_default().push(s);
+        }
+    }
     let mut owners: BTreeMap<Vip, ServiceKey> = BTreeMap::new();
     for svc in ours {
         let key = key_of(svc);
-        let outcome = service(svc, &key, slices, &progress, &mut owners, &mut out);
+        let mine = by_service.get(&(key.namespace.clone(), key.name.clone())).map(Vec::as_slice).unwrap_or(&[]);
+        let outcome = service(svc, &key, mine, &progress, &mut owners, &mut out);
         out.services.insert(key, outcome);
     }
     out
@@ -218,7 +226,7 @@ pub fn compute(
 fn service(
     svc: &Service,
     key: &ServiceKey,
-    slices: &[&EndpointSlice],
+    mine: &[&EndpointSlice],
     progress: &BTreeMap<(String, String), Option<u32>>,
     owners: &mut BTreeMap<Vip, ServiceKey>,
     out: &mut Computed,
@@ -243,12 +251,6 @@ fn service(
     } else {
         0
     };
-    let mine: Vec<&EndpointSlice> = slices
-        .iter()
-        .copied()
-        .filter(|s| s.namespace().as_deref() == Some(&key.namespace))
-        .filter(|s| s.labels().get(SERVICE_NAME_LABEL) == Some(&key.name))
-        .collect();
     let mut any_ready = false;
     for port in spec.ports.iter().flatten() {
         let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
@@ -265,7 +267,7 @@ fn service(
             outcome.problems.push(ServiceProblem::Conflict { vip, owner: owner.clone() });
             continue;
         }
-        match backends(&mine, port, &vip, progress, out) {
+        match backends(mine, port, &vip, progress, out) {
             Ok(list) => {
                 any_ready |= list.iter().any(|b| !b.draining);
                 owners.insert(vip, key.clone());

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::desired::{Computed, ServiceKey, PROGRESS_LABEL};
+use super::desired::{Computed, ServiceKey, ServiceOutcome, PROGRESS_LABEL};
 use super::watch::KubeSource;
 use crate::model::Vip;
 use crate::ramp::{Effective, Event as RampEvent};
@@ -39,6 +39,10 @@ pub struct KubeReporter {
     since: BTreeMap<ServiceKey, (bool, String)>,
     reported: BTreeSet<(ServiceKey, String)>,
     programmed: BTreeSet<ServiceKey>,
+    /// What each Service's status was last computed from: unchanged input, no work.
+    last_input: BTreeMap<ServiceKey, (ServiceOutcome, Option<String>)>,
+    /// Progress last seen (written or already on the label) per backend address.
+    progress_seen: std::sync::Mutex<BTreeMap<IpAddr, u32>>,
 }
 
 impl KubeReporter {
@@ -52,6 +56,8 @@ impl KubeReporter {
             since: BTreeMap::new(),
             reported: BTreeSet::new(),
             programmed: BTreeSet::new(),
+            last_input: BTreeMap::new(),
+            progress_seen: Default::default(),
         }
     }
 
@@ -71,6 +77,11 @@ impl KubeReporter {
     /// Services that became programmed.
     pub async fn report(&mut self, source: &KubeSource, computed: &Computed, host: &HostState) {
         for (key, outcome) in &computed.services {
+            let input = (outcome.clone(), host.error.clone());
+            if self.last_input.get(key) == Some(&input) && self.written.contains_key(key) {
+                continue;
+            }
+            self.last_input.insert(key.clone(), input);
             for p in &outcome.problems {
                 if self.reported.insert((key.clone(), p.to_string())) {
                     self.event(source, key, EventType::Warning, p.reason(), p.to_string()).await;
@@ -103,6 +114,7 @@ impl KubeReporter {
             self.written.keys().filter(|k| !computed.services.contains_key(k)).cloned().collect();
         for key in gone {
             self.written.remove(&key);
+            self.last_input.remove(&key);
             self.since.remove(&key);
             self.programmed.remove(&key);
             if source.service(&key).is_some() {
@@ -138,6 +150,9 @@ impl KubeReporter {
         }
         if self.patch(key, body.clone()).await {
             self.written.insert(key.clone(), body);
+        } else {
+            // Retried on the next sync even if nothing changes meanwhile.
+            self.last_input.remove(key);
         }
     }
 
@@ -157,18 +172,25 @@ impl KubeReporter {
     pub async fn progress(&self, source: &KubeSource, computed: &Computed, effective: &BTreeMap<Vip, Vec<Effective>>) {
         let mut done = BTreeSet::new();
         for e in effective.values().flatten().filter(|e| !e.draining) {
+            if self.progress_seen.lock().expect("lock").get(&e.addr) == Some(&e.progress) {
+                continue;
+            }
             let Some((ns, name)) = computed.pods.get(&e.addr) else { continue };
             if !done.insert((ns.clone(), name.clone())) {
                 continue;
             }
             let current = source.pod(ns, name).and_then(|p| p.metadata.labels.as_ref()?.get(PROGRESS_LABEL).cloned());
             if current.as_deref() == Some(e.progress.to_string().as_str()) {
+                self.progress_seen.lock().expect("lock").insert(e.addr, e.progress);
                 continue;
             }
             let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
             let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: e.progress.to_string()}}});
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => info!(pod = %format!("{ns}/{name}"), progress = e.progress, "progress label written"),
+                Ok(_) => {
+                    self.progress_seen.lock().expect("lock").insert(e.addr, e.progress);
+                    info!(pod = %format!("{ns}/{name}"), progress = e.progress, "progress label written")
+                }
                 Err(err) => warn!(pod = %format!("{ns}/{name}"), error = %err, "writing the progress label"),
             }
         }
