@@ -81,15 +81,16 @@ fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), u32> 
     let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
     // Affinity VIPs pin every client (their pins must outlive table changes even for a
     // client with no open connection), so they always take the flow-table path.
-    let id = if entry.backend == entry.prev && !affinity {
-        entry.backend
+    let (id, found) = if entry.backend == entry.prev && !affinity {
+        (entry.backend, None)
     } else {
         changed_slot(flow, meta, &entry, affinity)
     };
     if id == NO_BACKEND {
         return Err(stats::DROP_NO_BACKEND);
     }
-    match active(id, meta.id) {
+    // A backend the flow-table path already validated is not looked up twice.
+    match found.or_else(|| active(id, meta.id)) {
         Some(b) => Ok((id, b)),
         None => Err(stats::DROP_BACKEND_GONE),
     }
@@ -107,7 +108,7 @@ fn active(id: u32, vip_id: u32) -> Option<&'static Backend> {
 /// only in changed slots. With affinity the pin is per client address (port 0).
 /// `NO_BACKEND` (nothing to send a new flow to) is returned unpinned.
 #[inline(always)]
-fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry, affinity: bool) -> u32 {
+fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry, affinity: bool) -> (u32, Option<&'static Backend>) {
     note(stats::NOTE_FLOW_LOOKUP);
     let src_port_be = if affinity { 0 } else { flow.src_port_be };
     let key = FlowKey { src_addr: addr_bytes(&flow.src), vip_id: meta.id, src_port_be, _pad: 0 };
@@ -132,25 +133,28 @@ fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry, affinity: bool)
                 if mark_closing && pinned.flags & FLOW_F_CLOSING == 0 {
                     pinned.flags |= FLOW_F_CLOSING;
                 }
-                return pinned.backend;
+                return (pinned.backend, b);
             }
         }
     }
     let tcp = flow.proto == PROTO_TCP;
-    let prev_active = tcp && !flow.syn && active(entry.prev, meta.id).is_some();
-    let (chosen, used_prev) = maglev::unpinned_choice(entry, tcp, flow.syn, prev_active);
-    if used_prev {
+    let prev = if tcp && !flow.syn { active(entry.prev, meta.id) } else { None };
+    let (chosen, used_prev) = maglev::unpinned_choice(entry, tcp, flow.syn, prev.is_some());
+    let found = if used_prev {
         note(stats::NOTE_PREV_BACKEND);
-    }
+        prev
+    } else {
+        None
+    };
     if chosen == NO_BACKEND {
-        return chosen;
+        return (chosen, None);
     }
     let flags = if mark_closing { FLOW_F_CLOSING } else { 0 };
     let value = FlowValue { backend: chosen, flags, last_seen_ns: now };
     if FLOWS.insert(&key, &value, 0).is_ok() {
         note(stats::NOTE_FLOW_PINNED);
     }
-    chosen
+    (chosen, found)
 }
 
 #[inline(always)]
