@@ -106,6 +106,11 @@ impl Ramp {
         self.records.entry(vip).or_default().insert(addr, record);
     }
 
+    /// Is any backend ramping or draining (so that time alone changes weights)?
+    pub fn busy(&self) -> bool {
+        self.records.values().flat_map(|r| r.values()).any(|r| r.progress < 100 || r.draining_since_ms.is_some())
+    }
+
     pub fn record(&self, vip: &Vip, addr: IpAddr) -> Option<&Record> {
         self.records.get(vip)?.get(&addr)
     }

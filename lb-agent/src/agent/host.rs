@@ -43,8 +43,22 @@ impl Host {
         if read_macs {
             let neigh = self.nl.neighbours(self.link.index).await?;
             self.remember_macs(desired, &neigh);
+        } else {
+            // Backends still waiting for their MAC are looked up one by one.
+            for addr in self.unresolved_reported.clone() {
+                if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
+                    self.last_mac.insert(addr, mac);
+                    self.unresolved_reported.remove(&addr);
+                    info!(backend = %addr, "backend's MAC resolved");
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Are some wanted backends still without a MAC?
+    pub fn has_unresolved(&self) -> bool {
+        !self.unresolved_reported.is_empty()
     }
 
     async fn sync_addresses(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
@@ -77,6 +91,8 @@ impl Host {
         for addr in new {
             if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
                 self.last_mac.insert(addr, mac);
+            } else if self.unresolved_reported.insert(addr) {
+                warn!(backend = %addr, "backend's MAC not resolved yet: no traffic for it until it is");
             }
         }
         Ok(())

@@ -90,6 +90,9 @@ pub enum AgentError {
 const TICK: Duration = Duration::from_millis(500);
 /// How often live flows are counted and changed slots settled.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
+/// How often the whole neighbour table is read for MAC changes (a dump of every entry:
+/// at 100,000 backends it costs ~100 ms, so not on every tick).
+const READ_MACS_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the wanted state comes from.
 enum Source {
@@ -113,6 +116,9 @@ struct Agent {
     live: BTreeMap<(Vip, IpAddr), u64>,
     view: SharedView,
     config_mtime: Option<SystemTime>,
+    macs_read_at: Instant,
+    /// Something changed since the last successful sync (a reload, a failure).
+    dirty: bool,
 }
 
 /// Checks the parts of the config that depend on this host, before anything is touched.
@@ -201,6 +207,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         live: BTreeMap::new(),
         view,
         config_mtime: mtime(&opts.config_path),
+        // The first tick reads the neighbour table.
+        macs_read_at: Instant::now().checked_sub(READ_MACS_EVERY).unwrap_or_else(Instant::now),
+        dirty: true,
     };
     agent.take_over(&adopted);
     if let Source::Kube { source, computed, .. } = &mut agent.source {
@@ -280,6 +289,9 @@ impl Agent {
             self.ramp.restore(a.vip, a.addr, record);
             self.host.added.insert(a.vip.addr);
             self.host.resolving.insert(a.addr);
+            if let Some(mac) = a.mac {
+                self.host.last_mac.insert(a.addr, mac);
+            }
         }
     }
 
@@ -308,8 +320,18 @@ impl Agent {
                 _ = tick.tick() => {
                     if matches!(self.source, Source::Static) && mtime(&opts.config_path) != self.config_mtime {
                         self.reload(opts);
+                        self.dirty = true;
                     }
-                    self.sync_and_record(opts, true).await?;
+                    // Time alone changes weights only while something ramps or drains; the
+                    // neighbour table is re-read every READ_MACS_EVERY. Otherwise a tick
+                    // has nothing to do (changes are handled when they arrive).
+                    let read_macs = self.macs_read_at.elapsed() >= READ_MACS_EVERY;
+                    if read_macs || self.dirty || self.ramp.busy() || self.host.has_unresolved() {
+                        if read_macs {
+                            self.macs_read_at = Instant::now();
+                        }
+                        self.sync_and_record(opts, read_macs).await?;
+                    }
                 }
                 _ = maintain.tick() => self.maintain(opts),
                 _ = hup.recv() => {
@@ -379,21 +401,33 @@ impl Agent {
     async fn sync_and_record(&mut self, opts: &RunOptions, read_macs: bool) -> Result<(), AgentError> {
         let started = Instant::now();
         let result = self.sync(opts, read_macs).await;
+        self.dirty = result.is_err();
         let error = result.as_ref().err().map(|e| e.to_string());
         let (effective, events) = match &result {
             Ok(x) => x.clone(),
             Err(_) => (BTreeMap::new(), Vec::new()),
         };
+        let result = result.map(|_| ());
+        // The data plane is what readiness is about: recorded before the reporting.
+        self.record(&result, started);
         if let Source::Kube { source, reporter, computed } = &mut self.source {
             reporter.report(source, computed, &HostState { mode: self.mode.clone(), error }).await;
             reporter.progress(source, computed, &effective).await;
             reporter.backend_events(source, computed, &events).await;
         }
-        let result = result.map(|_| ());
+        // A failed sync is retried on the next tick; only a lost data plane is fatal.
+        match result {
+            Err(AgentError::Dataplane(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a sync's outcome in the view (readiness, counters).
+    fn record(&mut self, result: &Result<(), AgentError>, started: Instant) {
         let mut v = self.view.lock().expect("view lock");
         v.syncs += 1;
         v.last_sync_seconds = started.elapsed().as_secs_f64();
-        match &result {
+        match result {
             Ok(()) if !v.ready => {
                 v.ready = true;
                 info!("ready: first sync done");
@@ -403,11 +437,6 @@ impl Agent {
                 v.sync_errors += 1;
                 warn!(error = %e, "sync failed; retrying");
             }
-        }
-        // A failed sync is retried on the next tick; only a lost data plane is fatal.
-        match result {
-            Err(AgentError::Dataplane(e)) => Err(e.into()),
-            _ => Ok(()),
         }
     }
 

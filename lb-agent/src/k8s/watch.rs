@@ -47,19 +47,67 @@ where
     }
 }
 
-/// Runs a reflector for `K` in the background; returns its store.
-fn reflect<K, S>(stream: S, what: &'static str, changed: Arc<Notify>) -> Store<K>
+/// What the agent reads of an object, as a digest: an event that leaves it unchanged
+/// (the agent's own status writes, resyncs) wakes nobody.
+fn digest<T: serde::Serialize>(parts: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(parts).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn service_digest(s: &Service) -> u64 {
+    digest(&(&s.spec, &s.metadata.labels, &s.metadata.annotations))
+}
+
+fn slice_digest(s: &EndpointSlice) -> u64 {
+    digest(&(&s.endpoints, &s.ports, &s.address_type, &s.metadata.labels))
+}
+
+fn pod_digest(p: &PartialObjectMeta<Pod>) -> u64 {
+    digest(&p.metadata.labels)
+}
+
+/// Drops what the agent never reads before it reaches the cache (memory).
+fn slim_meta(m: &mut kube::api::ObjectMeta) {
+    m.managed_fields = None;
+}
+
+/// Runs a reflector for `K` in the background; returns its store. `slim` trims each
+/// object before it is stored; `changed` is notified when an object's `digest` changed,
+/// an object was deleted, or a (re)list completed.
+fn reflect<K, S>(
+    stream: S,
+    what: &'static str,
+    slim: fn(&mut K),
+    digest: fn(&K) -> u64,
+    changed: Arc<Notify>,
+) -> Store<K>
 where
     K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, stream.default_backoff());
+    let stream = reflector::reflector(writer, stream.modify(slim).default_backoff());
     tokio::spawn(async move {
         futures::pin_mut!(stream);
+        let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let key = |o: &K| {
+            format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name.as_deref().unwrap_or(""))
+        };
         while let Some(event) = stream.next().await {
             match event {
+                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                    let d = digest(&o);
+                    if seen.insert(key(&o), d) != Some(d) {
+                        changed.notify_one();
+                    }
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&key(&o));
+                    changed.notify_one();
+                }
                 Ok(_) => changed.notify_one(),
                 Err(e) => warn!(what, error = %e, "watch error; keeping the last state and retrying"),
             }
@@ -76,15 +124,32 @@ impl KubeSource {
         if let Some(sel) = &opts.service_selector {
             svc_cfg = svc_cfg.labels(sel);
         }
-        let services = reflect(watcher(api::<Service>(client, &opts.namespace), svc_cfg), "Services", changed.clone());
+        let services = reflect(
+            watcher(api::<Service>(client, &opts.namespace), svc_cfg),
+            "Services",
+            |s: &mut Service| {
+                slim_meta(&mut s.metadata);
+                s.status = None;
+            },
+            service_digest,
+            changed.clone(),
+        );
         let slices = reflect(
             watcher(api::<EndpointSlice>(client, &opts.namespace), watcher::Config::default()),
             "EndpointSlices",
+            |s: &mut EndpointSlice| slim_meta(&mut s.metadata),
+            slice_digest,
             changed.clone(),
         );
         // Metadata only: labels are all we need of pods.
         let pod_api = api::<PartialObjectMeta<Pod>>(client, &opts.namespace);
-        let pods = reflect(watcher(pod_api, watcher::Config::default()), "Pods", changed.clone());
+        let pods = reflect(
+            watcher(pod_api, watcher::Config::default()),
+            "Pods",
+            |p: &mut PartialObjectMeta<Pod>| slim_meta(&mut p.metadata),
+            pod_digest,
+            changed.clone(),
+        );
         KubeSource { services, slices, pods, selection: opts.selection.clone(), changed }
     }
 

@@ -156,7 +156,8 @@ fn run(args: &Args) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("reading {}", args.out.display())),
     };
     let (doc, kube_result) = if args.kube_only {
-        (kube::splice(&old()?, &measure_kube(&plan, true)?), Ok(()))
+        let section = measure_kube(&plan, true)?;
+        (kube::splice(&old()?, &section), Ok(()))
     } else if args.scale_only {
         let section = measure_scale(&plan, true)?;
         (scale_report::splice(&old()?, &section), Ok(()))

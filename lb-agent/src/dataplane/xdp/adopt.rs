@@ -21,6 +21,8 @@ pub struct AdoptedBackend {
     pub progress: u32,
     pub since_ms: u64,
     pub draining: bool,
+    /// The MAC it was programmed with, if it was active.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl XdpDataplane {
@@ -52,6 +54,7 @@ impl XdpDataplane {
                     progress: b.progress,
                     since_ms: b.since_unix_ms,
                     draining: b.flags & BACKEND_F_DRAINING != 0,
+                    mac: (b.flags & lb_common::BACKEND_F_ACTIVE != 0).then_some(b.mac),
                 });
             }
             let live = dp.maps.tables.read(meta.id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
