@@ -215,7 +215,7 @@ fn netlink_resolve_and_forget() -> Result<()> {
         for peer in peers {
             nl.resolve(index, peer).await?;
         }
-        let took = wait_for_mac(&l, &nl, index, &peers, MAC_B, Duration::from_secs(5)).await?;
+        let took = wait_for_mac(&l, &nl, index, &peers, MAC_B, Duration::from_secs(20)).await?;
         eprintln!("resolved {peers:?} in {took:?}");
         for peer in peers {
             let shown = l.ip_a(&["neigh", "show", &peer.to_string(), "dev", "veth0"])?;
@@ -284,7 +284,7 @@ fn netlink_resolve_follows_mac_change() -> Result<()> {
         for peer in peers {
             nl.resolve(index, peer).await?;
         }
-        wait_for_mac(&l, &nl, index, &peers, MAC_B, Duration::from_secs(5)).await?;
+        wait_for_mac(&l, &nl, index, &peers, MAC_B, Duration::from_secs(20)).await?;
 
         // The peer changes its MAC without telling anyone (no gratuitous ARP / NA).
         let new_mac = [0x02, 0x4c, 0x42, 0x6e, 0x6c, 0x1b];
