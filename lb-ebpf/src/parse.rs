@@ -111,20 +111,21 @@ fn ipv6(ctx: &XdpContext) -> Result<Flow, Verdict> {
 /// Reads the ports (and for TCP the flags) of the transport header at `off`.
 #[inline(always)]
 fn ports(ctx: &XdpContext, off: usize, flow: &mut Flow) -> Result<(), Verdict> {
-    let need_flags = match flow.proto {
-        PROTO_TCP => true,
-        PROTO_UDP => false,
+    // One bounds check per header: the whole header is checked, the ports are its start.
+    let ports = match flow.proto {
+        PROTO_TCP => {
+            let tcp = ptr_at::<[u8; 14]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
+            // SAFETY: `tcp` points at 14 bytes inside the frame.
+            let flags = unsafe { (*tcp)[13] };
+            flow.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
+            tcp as *const [u16; 2]
+        }
+        PROTO_UDP => ptr_at::<[u8; 8]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))? as *const [u16; 2],
         _ => return Err(Verdict::Pass(stats::PASS_OTHER_PROTO)),
     };
-    if need_flags {
-        let tcp = ptr_at::<[u8; 14]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
-        let flags = unsafe { (*tcp)[13] };
-        flow.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
-    } else {
-        ptr_at::<[u8; 8]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
-    }
-    let p = unsafe { *ptr_at::<[u16; 2]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))? };
+    // SAFETY: the first 4 bytes of a header checked above (at an even offset, like before).
+    let p = unsafe { *ports };
     flow.src_port_be = p[0];
     flow.dst_port_be = p[1];
     Ok(())
