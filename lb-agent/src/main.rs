@@ -157,7 +157,7 @@ fn kube_options(cli: &RunArgs) -> Option<agent::KubeOptions> {
         watch: lb_agent::k8s::watch::WatchOptions {
             namespace: cli.kube_namespace.clone(),
             service_selector: cli.kube_service_selector.clone(),
-            selection: lb_agent::k8s::desired::Selection {
+            selection: lb_agent::k8s::objects::Selection {
                 class: cli.load_balancer_class.clone(),
                 default_class: cli.kube_default_class,
             },

@@ -284,16 +284,15 @@ impl Netlink {
     /// link-layer address. Multicast and broadcast mappings (`NOARP` entries for groups
     /// such as ff02::1) are left out. An unknown `ifindex` simply has no neighbours.
     pub async fn neighbours(&self, ifindex: u32) -> Result<HashMap<IpAddr, [u8; 6]>, NetlinkError> {
-        let messages: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Unspec)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::ListNeighbours { ifindex, source })?;
-        Ok(messages.iter().filter(|m| m.header.ifindex == ifindex).filter_map(usable_neighbour).collect())
+        // Folded message by message: a dump of 100,000 entries is never held whole.
+        let mut out = HashMap::new();
+        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Unspec).execute();
+        while let Some(m) = dump.try_next().await.map_err(|source| NetlinkError::ListNeighbours { ifindex, source })? {
+            if m.header.ifindex == ifindex {
+                out.extend(usable_neighbour(&m));
+            }
+        }
+        Ok(out)
     }
 
     /// Makes the kernel resolve `addr` on interface `ifindex` (ARP or neighbour

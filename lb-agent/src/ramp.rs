@@ -11,7 +11,7 @@
 //! and is kept (its established flows continue) until its live flows reach 0 (after at
 //! least `min_drain`) or `drain_timeout` passes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -90,6 +90,12 @@ pub enum Event {
 #[derive(Default)]
 pub struct Ramp {
     records: BTreeMap<Vip, BTreeMap<IpAddr, Record>>,
+    /// VIPs with a backend ramping or draining: time alone changes their weights.
+    busy: BTreeSet<Vip>,
+}
+
+fn is_busy(r: &Record) -> bool {
+    r.progress < 100 || r.draining_since_ms.is_some()
 }
 
 /// Effective weight for a target at a progress: never 0 while both are above 0.
@@ -103,12 +109,31 @@ pub fn effective_weight(target: u32, progress: u32) -> u32 {
 impl Ramp {
     /// Restores records read back from a data plane after a restart.
     pub fn restore(&mut self, vip: Vip, addr: IpAddr, record: Record) {
+        if is_busy(&record) {
+            self.busy.insert(vip);
+        }
         self.records.entry(vip).or_default().insert(addr, record);
     }
 
     /// Is any backend ramping or draining (so that time alone changes weights)?
     pub fn busy(&self) -> bool {
-        self.records.values().flat_map(|r| r.values()).any(|r| r.progress < 100 || r.draining_since_ms.is_some())
+        !self.busy.is_empty()
+    }
+
+    /// The VIPs with a backend ramping or draining.
+    pub fn busy_vips(&self) -> &BTreeSet<Vip> {
+        &self.busy
+    }
+
+    /// The VIPs with ramp records.
+    pub fn vips(&self) -> impl Iterator<Item = Vip> + '_ {
+        self.records.keys().copied()
+    }
+
+    /// Forgets a VIP that left the wanted state, with its backends (no VIP, no flows).
+    pub fn remove_vip(&mut self, vip: &Vip) {
+        self.records.remove(vip);
+        self.busy.remove(vip);
     }
 
     pub fn record(&self, vip: &Vip, addr: IpAddr) -> Option<&Record> {
@@ -126,54 +151,73 @@ impl Ramp {
         live_flows: impl Fn(&Vip, IpAddr) -> Option<u64>,
         events: &mut Vec<Event>,
     ) -> BTreeMap<Vip, Vec<Effective>> {
-        self.records.retain(|vip, recs| {
-            wanted.contains_key(vip) || {
-                // A VIP that disappears takes its backends with it (no VIP, no flows).
-                recs.clear();
-                false
-            }
-        });
-        let mut out = BTreeMap::new();
-        for (vip, (policy, backends)) in wanted {
-            let new_vip = !self.records.contains_key(vip);
-            let recs = self.records.entry(*vip).or_default();
-            let mut eff = Vec::with_capacity(backends.len());
-            for w in backends {
-                let rec = recs.entry(w.addr).or_insert_with(|| {
-                    let progress =
-                        if new_vip { w.start_progress.unwrap_or(100) } else { w.start_progress.unwrap_or(0) };
-                    let progress = progress.min(100);
-                    if progress < 100 {
-                        events.push(Event::RampStarted { vip: *vip, backend: w.addr, progress });
-                    }
-                    Record { target: w.target, progress, step_at_ms: now_ms, draining_since_ms: None }
-                });
-                rec.target = w.target;
-                if w.draining {
-                    start_drain(rec, vip, w.addr, now_ms, events);
-                } else {
-                    if rec.draining_since_ms.take().is_some() {
-                        // Back from a drain: ramp again from its start.
-                        rec.progress = w.start_progress.unwrap_or(0).min(100);
-                        rec.step_at_ms = now_ms;
-                    }
-                    step(rec, policy, now_ms, vip, w.addr, events);
+        let gone: Vec<Vip> = self.records.keys().filter(|v| !wanted.contains_key(v)).copied().collect();
+        for vip in gone {
+            self.remove_vip(&vip);
+        }
+        wanted
+            .iter()
+            .map(|(vip, (policy, backends))| {
+                (*vip, self.advance_vip(vip, policy, backends, drain, now_ms, &live_flows, events))
+            })
+            .collect()
+    }
+
+    /// Advances one VIP's ramps and drains to `now_ms` and returns its effective weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn advance_vip(
+        &mut self,
+        vip: &Vip,
+        policy: &RampPolicy,
+        backends: &[Wanted],
+        drain: &DrainPolicy,
+        now_ms: u64,
+        live_flows: &impl Fn(&Vip, IpAddr) -> Option<u64>,
+        events: &mut Vec<Event>,
+    ) -> Vec<Effective> {
+        let new_vip = !self.records.contains_key(vip);
+        let recs = self.records.entry(*vip).or_default();
+        let mut eff = Vec::with_capacity(backends.len());
+        for w in backends {
+            let rec = recs.entry(w.addr).or_insert_with(|| {
+                let progress = if new_vip { w.start_progress.unwrap_or(100) } else { w.start_progress.unwrap_or(0) };
+                let progress = progress.min(100);
+                if progress < 100 {
+                    events.push(Event::RampStarted { vip: *vip, backend: w.addr, progress });
                 }
-                eff.push(to_effective(w.addr, rec));
+                Record { target: w.target, progress, step_at_ms: now_ms, draining_since_ms: None }
+            });
+            rec.target = w.target;
+            if w.draining {
+                start_drain(rec, vip, w.addr, now_ms, events);
+            } else {
+                if rec.draining_since_ms.take().is_some() {
+                    // Back from a drain: ramp again from its start.
+                    rec.progress = w.start_progress.unwrap_or(0).min(100);
+                    rec.step_at_ms = now_ms;
+                }
+                step(rec, policy, now_ms, vip, w.addr, events);
             }
-            // Backends that left the wanted state drain, then go.
-            let leaving: Vec<IpAddr> =
-                recs.keys().filter(|a| !backends.iter().any(|w| w.addr == **a)).copied().collect();
+            eff.push(to_effective(w.addr, rec));
+        }
+        // Backends that left the wanted state drain, then go.
+        if recs.len() > eff.len() {
+            let listed: std::collections::HashSet<IpAddr> = backends.iter().map(|w| w.addr).collect();
+            let leaving: Vec<IpAddr> = recs.keys().filter(|a| !listed.contains(a)).copied().collect();
             for addr in leaving {
                 let rec = recs.get_mut(&addr).expect("listed above");
                 start_drain(rec, vip, addr, now_ms, events);
                 eff.push(to_effective(addr, rec));
             }
-            finish_drains(recs, &mut eff, vip, drain, now_ms, &live_flows, events);
-            floor_when_all_ramping(&mut eff, policy);
-            out.insert(*vip, eff);
         }
-        out
+        finish_drains(recs, &mut eff, vip, drain, now_ms, live_flows, events);
+        floor_when_all_ramping(&mut eff, policy);
+        if recs.values().any(is_busy) {
+            self.busy.insert(*vip);
+        } else {
+            self.busy.remove(vip);
+        }
+        eff
     }
 }
 

@@ -1,12 +1,18 @@
 //! The host side of the wanted state: VIP addresses on the interface, and managed
-//! neighbour entries for the backends.
+//! neighbour entries for the backends, with the MAC each one resolved to.
+//!
+//! The whole neighbour table is read on a thread of its own (`spawn_mac_reader`): at
+//! 100,000 backends a dump costs ~85 ms of parsing, which must not stall the loop that
+//! applies changes. The reader sends only the entries that are new or changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::model::Desired;
+use crate::model::{Desired, Vip};
 use crate::netlink::{Link, Netlink, NetlinkError};
 
 pub struct Host {
@@ -18,8 +24,19 @@ pub struct Host {
     pub resolving: BTreeSet<IpAddr>,
     /// Last MAC seen per backend: a managed entry is briefly FAILED while it re-resolves
     /// after a MAC change, and traffic should not stop meanwhile.
-    pub last_mac: BTreeMap<IpAddr, [u8; 6]>,
-    unresolved_reported: BTreeSet<IpAddr>,
+    pub last_mac: HashMap<IpAddr, [u8; 6]>,
+    unresolved: BTreeSet<IpAddr>,
+}
+
+/// The VIP addresses `desired` needs, among `addrs`.
+fn wanted_addresses<'a>(desired: &Desired, addrs: impl Iterator<Item = &'a IpAddr>) -> BTreeSet<IpAddr> {
+    addrs.filter(|a| has_vip_on(desired, **a)).copied().collect()
+}
+
+/// Does some VIP of `desired` use this address?
+fn has_vip_on(desired: &Desired, addr: IpAddr) -> bool {
+    let from = Vip { addr, port: 0, proto: crate::model::Protocol::Tcp };
+    desired.vips.range(from..).next().is_some_and(|(v, _)| v.addr == addr)
 }
 
 impl Host {
@@ -29,47 +46,45 @@ impl Host {
             link,
             added: BTreeSet::new(),
             resolving: BTreeSet::new(),
-            last_mac: BTreeMap::new(),
-            unresolved_reported: BTreeSet::new(),
+            last_mac: HashMap::new(),
+            unresolved: BTreeSet::new(),
         }
     }
 
-    /// Addresses and neighbour entries for `desired`; with `read_macs`, also re-reads
-    /// the neighbour table (a dump of every entry: done on the periodic tick, not on
-    /// every change, since a new backend's MAC is not resolved within a change anyway).
-    pub async fn sync(&mut self, desired: &Desired, read_macs: bool) -> Result<(), NetlinkError> {
-        self.sync_addresses(desired).await?;
-        self.sync_neighbours(desired).await?;
-        if read_macs {
-            let neigh = self.nl.neighbours(self.link.index).await?;
-            self.remember_macs(desired, &neigh);
-        } else {
-            // Backends still waiting for their MAC are looked up one by one.
-            for addr in self.unresolved_reported.clone() {
-                if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
-                    self.last_mac.insert(addr, mac);
-                    self.unresolved_reported.remove(&addr);
-                    info!(backend = %addr, "backend's MAC resolved");
-                }
-            }
-        }
-        Ok(())
+    /// Addresses and neighbour entries for every VIP of `desired`.
+    pub async fn sync_all(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
+        let wanted: BTreeSet<IpAddr> = desired.vips.keys().map(|v| v.addr).collect();
+        let check: BTreeSet<IpAddr> = wanted.union(&self.added).copied().collect();
+        self.sync_addresses(desired, &check).await?;
+        let backends: BTreeSet<IpAddr> = desired.vips.values().flat_map(|v| &v.backends).map(|b| b.addr).collect();
+        self.sync_neighbours(backends).await
+    }
+
+    /// Addresses and neighbour entries for the VIPs in `vips` (which may have left
+    /// `desired`); the rest is as it was.
+    pub async fn sync_vips(&mut self, desired: &Desired, vips: &BTreeSet<Vip>) -> Result<(), NetlinkError> {
+        let check: BTreeSet<IpAddr> = vips.iter().map(|v| v.addr).collect();
+        self.sync_addresses(desired, &check).await?;
+        let backends = vips.iter().filter_map(|v| desired.vips.get(v)).flat_map(|s| &s.backends).map(|b| b.addr);
+        self.sync_neighbours(backends.collect()).await
     }
 
     /// Are some wanted backends still without a MAC?
     pub fn has_unresolved(&self) -> bool {
-        !self.unresolved_reported.is_empty()
+        !self.unresolved.is_empty()
     }
 
-    async fn sync_addresses(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
-        let wanted: BTreeSet<IpAddr> = desired.vips.keys().map(|v| v.addr).collect();
+    /// Adds or removes the addresses in `check` as `desired` needs them.
+    async fn sync_addresses(&mut self, desired: &Desired, check: &BTreeSet<IpAddr>) -> Result<(), NetlinkError> {
+        let wanted = wanted_addresses(desired, check.iter());
         for addr in &wanted {
             if !self.added.contains(addr) && self.nl.add_address(self.link.index, *addr).await? {
                 info!(%addr, iface = %self.link.name, "VIP address added");
                 self.added.insert(*addr);
             }
         }
-        let stale: Vec<IpAddr> = self.added.difference(&wanted).copied().collect();
+        let stale: Vec<IpAddr> =
+            check.iter().filter(|a| self.added.contains(a) && !wanted.contains(a)).copied().collect();
         for addr in stale {
             self.nl.del_address(self.link.index, addr).await?;
             self.added.remove(&addr);
@@ -78,58 +93,157 @@ impl Host {
         Ok(())
     }
 
-    /// Backends stay resolved while they are wanted or still draining (`extra`).
-    async fn sync_neighbours(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
-        let wanted: BTreeSet<IpAddr> = desired.vips.values().flat_map(|v| &v.backends).map(|b| b.addr).collect();
-        let new: Vec<IpAddr> = wanted.difference(&self.resolving).copied().collect();
+    /// Asks the kernel to keep the new ones among `backends` resolved, and takes the
+    /// MACs of those already usable.
+    async fn sync_neighbours(&mut self, backends: BTreeSet<IpAddr>) -> Result<(), NetlinkError> {
+        let new: Vec<IpAddr> = backends.difference(&self.resolving).copied().collect();
         for addr in &new {
             self.nl.resolve(self.link.index, *addr).await?;
             self.resolving.insert(*addr);
         }
         // A new backend whose entry is already usable (or resolves at once) can take
-        // traffic now rather than at the next full read of the table.
+        // traffic now rather than when the neighbour table is next read.
         for addr in new {
+            if self.last_mac.contains_key(&addr) {
+                continue;
+            }
             if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
                 self.last_mac.insert(addr, mac);
-            } else if self.unresolved_reported.insert(addr) {
+            } else if self.unresolved.insert(addr) {
                 warn!(backend = %addr, "backend's MAC not resolved yet: no traffic for it until it is");
             }
         }
         Ok(())
     }
 
-    /// Stops managing neighbours that are neither wanted nor draining any more.
-    pub async fn forget_unused(&mut self, in_use: &BTreeSet<IpAddr>) -> Result<(), NetlinkError> {
-        let stale: Vec<IpAddr> = self.resolving.difference(in_use).copied().collect();
-        for addr in stale {
-            self.nl.forget(self.link.index, addr).await?;
-            self.resolving.remove(&addr);
-            self.last_mac.remove(&addr);
+    /// Looks the backends still waiting for their MAC up one by one; returns those that
+    /// resolved.
+    pub async fn check_unresolved(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut resolved = Vec::new();
+        for addr in self.unresolved.clone() {
+            if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
+                self.last_mac.insert(addr, mac);
+                self.unresolved.remove(&addr);
+                info!(backend = %addr, "backend's MAC resolved");
+                resolved.push(addr);
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Stops managing the neighbours of backends no VIP uses any more.
+    pub async fn forget(&mut self, unused: &[IpAddr]) -> Result<(), NetlinkError> {
+        for addr in unused {
+            if self.resolving.remove(addr) {
+                self.nl.forget(self.link.index, *addr).await?;
+            }
+            self.last_mac.remove(addr);
+            self.unresolved.remove(addr);
         }
         Ok(())
     }
 
-    fn remember_macs(&mut self, desired: &Desired, neigh: &HashMap<IpAddr, [u8; 6]>) {
-        for addr in &self.resolving {
-            if let Some(mac) = neigh.get(addr) {
-                if self.last_mac.insert(*addr, *mac).is_some_and(|old| old != *mac) {
-                    info!(backend = %addr, "backend's MAC changed");
-                }
-                if self.unresolved_reported.remove(addr) {
-                    info!(backend = %addr, "backend's MAC resolved");
-                }
+    /// Takes MACs read from the neighbour table (new or changed entries); returns the
+    /// backends whose MAC changed or became known. Entries of addresses that are not
+    /// (yet) backends are kept too: a backend added later needs no lookup.
+    pub fn apply_macs(&mut self, entries: &[(IpAddr, [u8; 6])]) -> Vec<IpAddr> {
+        let mut changed = Vec::new();
+        for (addr, mac) in entries {
+            let old = self.last_mac.insert(*addr, *mac);
+            if !self.resolving.contains(addr) || old == Some(*mac) {
+                continue;
             }
-        }
-        for spec in desired.vips.values() {
-            for b in &spec.backends {
-                if !self.last_mac.contains_key(&b.addr) && self.unresolved_reported.insert(b.addr) {
-                    warn!(backend = %b.addr, "backend's MAC not resolved yet: no traffic for it until it is");
-                }
+            if old.is_some() {
+                info!(backend = %addr, "backend's MAC changed");
             }
+            if self.unresolved.remove(addr) {
+                info!(backend = %addr, "backend's MAC resolved");
+            }
+            changed.push(*addr);
         }
+        changed
     }
 
     pub fn mac(&self, addr: IpAddr) -> Option<[u8; 6]> {
         self.last_mac.get(&addr).copied()
+    }
+}
+
+/// Reads interface `ifindex`'s neighbour table every `every` on a thread of its own and
+/// sends the usable entries that are new or changed since the previous read (the first
+/// read sends them all).
+pub fn spawn_mac_reader(ifindex: u32, every: Duration) -> mpsc::Receiver<Vec<(IpAddr, [u8; 6])>> {
+    let (tx, rx) = mpsc::channel(1);
+    let spawned = std::thread::Builder::new().name("lb-neigh".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return warn!(error = %e, "neighbour reader: no runtime; MAC changes are not followed"),
+        };
+        rt.block_on(async move {
+            let nl = match Netlink::new() {
+                Ok(nl) => nl,
+                Err(e) => return warn!(error = %e, "neighbour reader: MAC changes are not followed"),
+            };
+            let mut last: HashMap<IpAddr, [u8; 6]> = HashMap::new();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now = match nl.neighbours(ifindex).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "reading the neighbour table");
+                        continue;
+                    }
+                };
+                let diff: Vec<(IpAddr, [u8; 6])> =
+                    now.iter().filter(|(a, m)| last.get(*a) != Some(*m)).map(|(a, m)| (*a, *m)).collect();
+                last = now;
+                if !diff.is_empty() && tx.send(diff).await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "neighbour reader: no thread; MAC changes are not followed");
+    }
+    rx
+}
+
+/// Which VIPs use each backend: what a MAC change or a backend leaving concerns.
+#[derive(Default)]
+pub struct Users {
+    by_backend: HashMap<IpAddr, Vec<Vip>>,
+    by_vip: BTreeMap<Vip, Vec<IpAddr>>,
+}
+
+impl Users {
+    /// Records the backends `vip` uses now; returns those no VIP uses any more.
+    pub fn set(&mut self, vip: Vip, backends: Vec<IpAddr>) -> Vec<IpAddr> {
+        let old = self.by_vip.remove(&vip).unwrap_or_default();
+        let (old_set, new_set): (HashSet<IpAddr>, HashSet<IpAddr>) =
+            (old.iter().copied().collect(), backends.iter().copied().collect());
+        for a in new_set.difference(&old_set) {
+            self.by_backend.entry(*a).or_default().push(vip);
+        }
+        let mut unused = Vec::new();
+        for a in old_set.difference(&new_set) {
+            if let Some(list) = self.by_backend.get_mut(a) {
+                list.retain(|v| *v != vip);
+                if list.is_empty() {
+                    self.by_backend.remove(a);
+                    unused.push(*a);
+                }
+            }
+        }
+        if !backends.is_empty() {
+            self.by_vip.insert(vip, backends);
+        }
+        unused
+    }
+
+    /// The VIPs that use `addr`.
+    pub fn vips_of(&self, addr: &IpAddr) -> &[Vip] {
+        self.by_backend.get(addr).map(Vec::as_slice).unwrap_or(&[])
     }
 }

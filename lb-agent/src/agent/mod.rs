@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use cleanup::cleanup;
@@ -22,14 +23,14 @@ pub use cleanup::cleanup;
 use crate::config::{self, Config, FieldError, Problem, RawVip};
 use crate::dataplane::xdp::{AdoptedBackend, XdpDataplane, XdpError};
 use crate::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
-use crate::k8s::desired::Computed;
-use crate::k8s::report::{HostState, KubeReporter};
+use crate::k8s::desired::{self, ServiceKey};
+use crate::k8s::report::{self, HostState, Report, ReportSender};
 use crate::k8s::watch::{KubeSource, WatchOptions};
 use crate::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
-use crate::model::{Desired, Vip};
+use crate::model::{Desired, Vip, VipSpec};
 use crate::netlink::{self, Link, Netlink, NetlinkError};
 use crate::ramp::{DrainPolicy, Effective, Event, Ramp, RampPolicy, Record, Wanted};
-use host::Host;
+use host::{Host, Users};
 use view::{DrainView, SharedView};
 
 /// Everything `run` needs.
@@ -90,8 +91,8 @@ pub enum AgentError {
 const TICK: Duration = Duration::from_millis(500);
 /// How often live flows are counted and changed slots settled.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
-/// How often the whole neighbour table is read for MAC changes (a dump of every entry:
-/// at 100,000 backends it costs ~100 ms, so not on every tick).
+/// How often the whole neighbour table is read for MAC changes (on a thread of its own:
+/// at 100,000 backends a read costs ~85 ms).
 const READ_MACS_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the wanted state comes from.
@@ -99,10 +100,26 @@ enum Source {
     /// Flags and the config file.
     Static,
     Kube {
-        source: Box<KubeSource>,
-        reporter: Box<KubeReporter>,
-        computed: Box<Computed>,
+        source: KubeSource,
+        report: ReportSender,
+        state: Box<desired::State>,
+        /// Services whose outcome changed since the last report.
+        changed: BTreeSet<ServiceKey>,
     },
+}
+
+/// What the next sync must bring up to date.
+#[derive(Default)]
+struct Pending {
+    /// Everything (start, reload, after a failure).
+    all: bool,
+    vips: BTreeSet<Vip>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.all && self.vips.is_empty()
+    }
 }
 
 struct Agent {
@@ -116,9 +133,13 @@ struct Agent {
     live: BTreeMap<(Vip, IpAddr), u64>,
     view: SharedView,
     config_mtime: Option<SystemTime>,
-    macs_read_at: Instant,
-    /// Something changed since the last successful sync (a reload, a failure).
-    dirty: bool,
+    /// Which VIPs use which backends.
+    users: Users,
+    pending: Pending,
+    /// New or changed entries of the neighbour table.
+    macs: mpsc::Receiver<Vec<(IpAddr, [u8; 6])>>,
+    /// What the reporter was last told of this host.
+    reported_host: Option<HostState>,
 }
 
 /// Checks the parts of the config that depend on this host, before anything is touched.
@@ -187,16 +208,17 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             .map_err(|source| AgentError::Metrics { addr, source })?;
         info!(%addr, "metrics endpoint listening");
     }
-    let source = match &opts.kube {
-        None => Source::Static,
-        Some(k) => kube_source(k).await?,
-    };
     let mode = match attachment {
         Attachment::New(m) => {
             format!("XDP {} on {iface}", if m == aya::programs::XdpMode::Skb { "generic" } else { "native" })
         }
         Attachment::Replaced => format!("XDP on {iface} (pinned link)"),
     };
+    let source = match &opts.kube {
+        None => Source::Static,
+        Some(k) => kube_source(k, &mode).await?,
+    };
+    let macs = host::spawn_mac_reader(link.index, READ_MACS_EVERY);
     let mut agent = Agent {
         source,
         mode,
@@ -207,17 +229,23 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         live: BTreeMap::new(),
         view,
         config_mtime: mtime(&opts.config_path),
-        // The first tick reads the neighbour table.
-        macs_read_at: Instant::now().checked_sub(READ_MACS_EVERY).unwrap_or_else(Instant::now),
-        dirty: true,
+        users: Users::default(),
+        pending: Pending { all: true, vips: BTreeSet::new() },
+        macs,
+        reported_host: None,
     };
     agent.take_over(&adopted);
-    if let Source::Kube { source, computed, .. } = &mut agent.source {
+    if let Source::Kube { source, state, changed, .. } = &mut agent.source {
         info!("waiting for the Service, EndpointSlice and Pod caches");
         source.ready().await;
-        **computed = source.compute();
-        agent.desired = filter_off_link(computed.desired.clone(), &agent.host.link);
-        info!(services = computed.services.len(), vips = agent.desired.vips.len(), "caches ready");
+        {
+            let mut cache = source.lock();
+            cache.take_dirty();
+            **state = cache.compute();
+        }
+        changed.extend(state.services.keys().cloned());
+        agent.desired = filter_off_link(state.desired.clone(), &agent.host.link);
+        info!(services = state.services.len(), vips = agent.desired.vips.len(), "caches ready");
     }
     let result = agent.serve(&opts).await;
     // The program stays attached through its pinned link; dropping our handles is all.
@@ -226,8 +254,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     result
 }
 
-/// Connects to Kubernetes and starts the watches.
-async fn kube_source(k: &KubeOptions) -> Result<Source, AgentError> {
+/// Connects to Kubernetes and starts the watches and the reporter.
+async fn kube_source(k: &KubeOptions, mode: &str) -> Result<Source, AgentError> {
     let config = match &k.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -240,23 +268,27 @@ async fn kube_source(k: &KubeOptions) -> Result<Source, AgentError> {
     };
     let client = kube::Client::try_from(config).map_err(AgentError::Kube)?;
     let source = KubeSource::start(&client, &k.watch);
-    let reporter = KubeReporter::new(client, &k.host);
-    Ok(Source::Kube { source: Box::new(source), reporter: Box::new(reporter), computed: Box::default() })
+    let report = report::spawn(client, &k.host, source.clone(), mode.to_string());
+    Ok(Source::Kube { source, report, state: Box::default(), changed: BTreeSet::new() })
 }
 
 /// Backends that are not on the interface's subnets cannot be reached by DR: dropped
 /// (with a warning), the rest of their VIP stays.
 fn filter_off_link(mut desired: Desired, link: &Link) -> Desired {
     for (vip, spec) in desired.vips.iter_mut() {
-        spec.backends.retain(|b| {
-            let ok = netlink::on_link(link, b.addr);
-            if !ok {
-                warn!(%vip, backend = %b.addr, iface = %link.name, "backend skipped: not on the interface's subnets");
-            }
-            ok
-        });
+        on_link_only(vip, spec, link);
     }
     desired
+}
+
+fn on_link_only(vip: &Vip, spec: &mut VipSpec, link: &Link) {
+    spec.backends.retain(|b| {
+        let ok = netlink::on_link(link, b.addr);
+        if !ok {
+            warn!(%vip, backend = %b.addr, iface = %link.name, "backend skipped: not on the interface's subnets");
+        }
+        ok
+    });
 }
 
 /// Removes maps pinned by agents of another ABI (no program uses them any more).
@@ -301,44 +333,54 @@ impl Agent {
         let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
         let mut tick = tokio::time::interval(TICK);
         let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
-        let kube_changed = match &self.source {
-            Source::Kube { source, .. } => Some(source.changed.clone()),
+        let kube = match &self.source {
+            Source::Kube { source, .. } => Some(source.clone()),
             Source::Static => None,
         };
         loop {
             let changed = async {
-                match &kube_changed {
-                    Some(n) => n.notified().await,
+                match &kube {
+                    Some(k) => k.changed().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = changed => {
-                    self.recompute();
-                    self.sync_and_record(opts, false).await?;
+                    self.take_kube_changes();
+                    self.sync_pending(opts).await?;
+                }
+                Some(entries) = self.macs.recv() => {
+                    for addr in self.host.apply_macs(&entries) {
+                        self.pending.vips.extend(self.desired_users(addr));
+                    }
+                    self.sync_pending(opts).await?;
                 }
                 _ = tick.tick() => {
                     if matches!(self.source, Source::Static) && mtime(&opts.config_path) != self.config_mtime {
                         self.reload(opts);
-                        self.dirty = true;
+                        self.pending.all = true;
                     }
-                    // Time alone changes weights only while something ramps or drains; the
-                    // neighbour table is re-read every READ_MACS_EVERY. Otherwise a tick
-                    // has nothing to do (changes are handled when they arrive).
-                    let read_macs = self.macs_read_at.elapsed() >= READ_MACS_EVERY;
-                    if read_macs || self.dirty || self.ramp.busy() || self.host.has_unresolved() {
-                        if read_macs {
-                            self.macs_read_at = Instant::now();
+                    // Time alone changes weights only where something ramps or drains.
+                    self.pending.vips.extend(self.ramp.busy_vips().iter().copied());
+                    if self.host.has_unresolved() {
+                        match self.host.check_unresolved().await {
+                            Ok(resolved) => {
+                                for addr in resolved {
+                                    self.pending.vips.extend(self.desired_users(addr));
+                                }
+                            }
+                            Err(e) => warn!(error = %e, "looking up unresolved backends"),
                         }
-                        self.sync_and_record(opts, read_macs).await?;
                     }
+                    self.sync_pending(opts).await?;
                 }
                 _ = maintain.tick() => self.maintain(opts),
                 _ = hup.recv() => {
                     if matches!(self.source, Source::Static) {
                         self.reload(opts);
                     }
-                    self.sync_and_record(opts, true).await?;
+                    self.pending.all = true;
+                    self.sync_pending(opts).await?;
                 }
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
@@ -346,12 +388,38 @@ impl Agent {
         }
     }
 
-    /// Recomputes the wanted state from the Kubernetes caches.
-    fn recompute(&mut self) {
-        if let Source::Kube { source, computed, .. } = &mut self.source {
-            **computed = source.compute();
-            self.desired = filter_off_link(computed.desired.clone(), &self.host.link);
+    /// The VIPs that use or want backend `addr` (one whose MAC just became known may
+    /// not be in use yet).
+    fn desired_users(&self, addr: IpAddr) -> Vec<Vip> {
+        let mut vips: Vec<Vip> = self.users.vips_of(&addr).to_vec();
+        if vips.is_empty() {
+            vips.extend(
+                self.desired.vips.iter().filter(|(_, s)| s.backends.iter().any(|b| b.addr == addr)).map(|(v, _)| *v),
+            );
         }
+        vips
+    }
+
+    /// Takes what changed in the Kubernetes caches into the wanted state: only the
+    /// Services marked, and the VIPs they touch.
+    fn take_kube_changes(&mut self) {
+        let Source::Kube { source, state, changed, .. } = &mut self.source else { return };
+        let mut update = desired::Update::default();
+        source.lock().update(state, &mut update);
+        for vip in &update.vips {
+            match state.desired.vips.get(vip) {
+                Some(spec) => {
+                    let mut spec = spec.clone();
+                    on_link_only(vip, &mut spec, &self.host.link);
+                    self.desired.vips.insert(*vip, spec);
+                }
+                None => {
+                    self.desired.vips.remove(vip);
+                }
+            }
+        }
+        self.pending.vips.extend(update.vips);
+        changed.extend(update.services);
     }
 
     /// Re-reads the config file. Invalid VIPs are reported by name and skipped; the
@@ -398,102 +466,167 @@ impl Agent {
         self.desired = desired;
     }
 
-    async fn sync_and_record(&mut self, opts: &RunOptions, read_macs: bool) -> Result<(), AgentError> {
-        let started = Instant::now();
-        let result = self.sync(opts, read_macs).await;
-        self.dirty = result.is_err();
-        let error = result.as_ref().err().map(|e| e.to_string());
-        let (effective, events) = match &result {
-            Ok(x) => x.clone(),
-            Err(_) => (BTreeMap::new(), Vec::new()),
-        };
-        let result = result.map(|_| ());
-        // The data plane is what readiness is about: recorded before the reporting.
-        self.record(&result, started);
-        if let Source::Kube { source, reporter, computed } = &mut self.source {
-            reporter.report(source, computed, &HostState { mode: self.mode.clone(), error }).await;
-            reporter.progress(source, computed, &effective).await;
-            reporter.backend_events(source, computed, &events).await;
+    /// Brings what is pending up to date, records the outcome and tells the reporter.
+    /// A failed sync is retried in full on the next tick; only a lost data plane is fatal.
+    async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        // A failed sync is retried on the next tick; only a lost data plane is fatal.
-        match result {
-            Err(AgentError::Dataplane(e)) => Err(e.into()),
-            _ => Ok(()),
+        let scope = std::mem::take(&mut self.pending);
+        let started = Instant::now();
+        match self.sync(opts, &scope).await {
+            Ok((progress, events)) => {
+                self.record(None, started);
+                self.report(None, progress, events);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.all = true;
+                self.record(Some(&e), started);
+                self.report(Some(e.to_string()), Vec::new(), Vec::new());
+                match e {
+                    AgentError::Dataplane(e) => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Tells the reporter (Kubernetes only) how this host is, what became of the
+    /// Services that changed, the backends' progress and the ramp's events.
+    fn report(&mut self, error: Option<String>, progress: Vec<(Vip, Effective)>, events: Vec<Event>) {
+        let Source::Kube { report, state, changed, .. } = &mut self.source else { return };
+        let host = HostState { mode: self.mode.clone(), error };
+        if self.reported_host.as_ref() != Some(&host) {
+            report.send(Report::Host(host.clone()));
+            self.reported_host = Some(host);
+        }
+        if !changed.is_empty() {
+            let list = std::mem::take(changed).into_iter().map(|k| {
+                let outcome = state.services.get(&k).cloned();
+                (k, outcome)
+            });
+            report.send(Report::Services(list.collect()));
+        }
+        let progress: Vec<(IpAddr, (String, String), u32)> = progress
+            .iter()
+            .filter_map(|(vip, e)| Some((e.addr, state.pod_of(vip, e.addr)?.clone(), e.progress)))
+            .collect();
+        if !progress.is_empty() {
+            report.send(Report::Progress(progress));
+        }
+        for ev in events {
+            let (vip, note, reason) = match ev {
+                Event::RampFinished { vip, backend } => {
+                    (vip, format!("backend {backend} reached full weight"), "RampFinished")
+                }
+                Event::DrainFinished { vip, backend, live_flows, timed_out } => (
+                    vip,
+                    format!(
+                        "backend {backend} drained ({}; {live_flows} live flows)",
+                        if timed_out { "timed out" } else { "no flows left" }
+                    ),
+                    "DrainFinished",
+                ),
+                _ => continue,
+            };
+            if let Some(key) = state.owner(&vip) {
+                report.send(Report::Event(key.clone(), reason, format!("{vip}: {note}")));
+            }
         }
     }
 
     /// Records a sync's outcome in the view (readiness, counters).
-    fn record(&mut self, result: &Result<(), AgentError>, started: Instant) {
+    fn record(&mut self, error: Option<&AgentError>, started: Instant) {
         let mut v = self.view.lock().expect("view lock");
         v.syncs += 1;
         v.last_sync_seconds = started.elapsed().as_secs_f64();
-        match result {
-            Ok(()) if !v.ready => {
+        match error {
+            None if !v.ready => {
                 v.ready = true;
                 info!("ready: first sync done");
             }
-            Ok(()) => {}
-            Err(e) => {
+            None => {}
+            Some(e) => {
                 v.sync_errors += 1;
                 warn!(error = %e, "sync failed; retrying");
             }
         }
     }
 
-    /// One level-triggered pass: host state, ramp, then the data plane. Returns the
-    /// effective weights and the ramp's events.
+    /// One level-triggered pass over the VIPs in `scope`: host state, ramp, then the
+    /// data plane. Returns the effective weights of backends taking new flows (for their
+    /// progress labels) and the ramp's events.
     async fn sync(
         &mut self,
         opts: &RunOptions,
-        read_macs: bool,
-    ) -> Result<(BTreeMap<Vip, Vec<Effective>>, Vec<Event>), AgentError> {
-        self.host.sync(&self.desired, read_macs).await?;
-        let wanted: BTreeMap<Vip, (RampPolicy, Vec<Wanted>)> = self
-            .desired
-            .vips
-            .iter()
-            .map(|(vip, spec)| {
-                let list = spec
-                    .backends
-                    .iter()
-                    .map(|b| Wanted {
-                        addr: b.addr,
-                        target: b.weight,
-                        start_progress: b.start_progress,
-                        draining: b.draining,
-                    })
-                    .collect();
-                (*vip, (spec.ramp.unwrap_or(opts.ramp), list))
-            })
-            .collect();
+        scope: &Pending,
+    ) -> Result<(Vec<(Vip, Effective)>, Vec<Event>), AgentError> {
+        let vips: BTreeSet<Vip> = if scope.all {
+            self.host.sync_all(&self.desired).await?;
+            let mut all: BTreeSet<Vip> = self.desired.vips.keys().copied().collect();
+            all.extend(self.ramp.vips());
+            all
+        } else {
+            self.host.sync_vips(&self.desired, &scope.vips).await?;
+            scope.vips.clone()
+        };
+        let now = unix_ms();
         let mut events = Vec::new();
-        let live = &self.live;
-        let effective =
-            self.ramp.advance(&wanted, &opts.drain, unix_ms(), |v, a| live.get(&(*v, a)).copied(), &mut events);
-        log_events(&events);
-        let mut snapshot = Snapshot::default();
-        let mut in_use = BTreeSet::new();
-        for (vip, list) in &effective {
-            let vip = *vip;
-            let backends = list
+        let mut changes: BTreeMap<Vip, Option<SnapVip>> = BTreeMap::new();
+        let mut unused = Vec::new();
+        let mut progress = Vec::new();
+        for vip in vips {
+            let Some(spec) = self.desired.vips.get(&vip) else {
+                // A VIP that leaves takes its backends with it (no VIP, no flows).
+                self.ramp.remove_vip(&vip);
+                unused.extend(self.users.set(vip, Vec::new()));
+                changes.insert(vip, None);
+                continue;
+            };
+            let wanted: Vec<Wanted> = spec
+                .backends
                 .iter()
-                .map(|e| {
-                    in_use.insert(e.addr);
-                    SnapBackend {
-                        addr: e.addr,
-                        weight: e.weight,
-                        mac: self.host.mac(e.addr),
-                        draining: e.draining,
-                        target: e.target,
-                        progress: e.progress,
-                        since_ms: e.since_ms,
-                    }
+                .map(|b| Wanted {
+                    addr: b.addr,
+                    target: b.weight,
+                    start_progress: b.start_progress,
+                    draining: b.draining,
                 })
                 .collect();
-            let affinity_timeout_s = self.desired.vips.get(&vip).map(|s| s.affinity_timeout_s).unwrap_or(0);
-            snapshot.vips.insert(vip, SnapVip { backends, affinity_timeout_s });
+            let live = &self.live;
+            let effective = self.ramp.advance_vip(
+                &vip,
+                &spec.ramp.unwrap_or(opts.ramp),
+                &wanted,
+                &opts.drain,
+                now,
+                &|v, a| live.get(&(*v, a)).copied(),
+                &mut events,
+            );
+            let backends: Vec<SnapBackend> = effective
+                .iter()
+                .map(|e| SnapBackend {
+                    addr: e.addr,
+                    weight: e.weight,
+                    mac: self.host.mac(e.addr),
+                    draining: e.draining,
+                    target: e.target,
+                    progress: e.progress,
+                    since_ms: e.since_ms,
+                })
+                .collect();
+            unused.extend(self.users.set(vip, effective.iter().map(|e| e.addr).collect()));
+            progress.extend(effective.into_iter().filter(|e| !e.draining).map(|e| (vip, e)));
+            changes.insert(vip, Some(SnapVip { backends, affinity_timeout_s: spec.affinity_timeout_s }));
         }
-        let report = self.dp.apply(&snapshot)?;
+        log_events(&events);
+        let report = if scope.all {
+            let vips = changes.into_iter().filter_map(|(v, s)| Some((v, s?))).collect();
+            self.dp.apply(&Snapshot { vips })?
+        } else {
+            self.dp.apply_vips(&changes)?
+        };
         if !report.is_noop() {
             info!(
                 added = report.vips_added,
@@ -503,8 +636,8 @@ impl Agent {
                 "data plane updated"
             );
         }
-        self.host.forget_unused(&in_use).await?;
-        Ok((effective, events))
+        self.host.forget(&unused).await?;
+        Ok((progress, events))
     }
 
     /// Counts live flows of draining backends and settles changed slots.

@@ -1,6 +1,9 @@
 //! A data plane that only remembers: for tests of everything above the trait.
 
-use super::{ApplyReport, Dataplane, Maintenance, Snapshot};
+use std::collections::BTreeMap;
+
+use super::{ApplyReport, Dataplane, Maintenance, SnapVip, Snapshot};
+use crate::model::Vip;
 
 #[derive(Default)]
 pub struct FakeDataplane {
@@ -32,6 +35,17 @@ impl Dataplane for FakeDataplane {
             self.applied.push(snapshot.clone());
         }
         Ok(report)
+    }
+
+    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, Self::Error> {
+        let mut next = self.current.clone();
+        for (vip, v) in changes {
+            match v {
+                Some(v) => next.vips.insert(*vip, v.clone()),
+                None => next.vips.remove(vip),
+            };
+        }
+        self.apply(&next)
     }
 
     /// The fake has no flows: every draining backend counts as empty.

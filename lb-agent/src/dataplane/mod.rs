@@ -1,6 +1,6 @@
 //! The one interface between the wanted state and a data plane: whole snapshots,
-//! applied level-triggered. An implementation diffs against what it applied last, so
-//! applying the same snapshot twice writes nothing.
+//! applied level-triggered, or the VIPs that changed. An implementation diffs against
+//! what it applied last, so applying the same snapshot twice writes nothing.
 
 pub mod fake;
 pub mod table;
@@ -78,6 +78,9 @@ pub trait Dataplane {
     type Error: std::error::Error + Send + Sync + 'static;
     /// Makes the data plane hold exactly `snapshot`.
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error>;
+    /// Makes the data plane hold these VIPs as given (`None`: removed), the others as
+    /// they are: what a change to a few VIPs costs, whatever the number of VIPs.
+    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, Self::Error>;
     /// Counts live flows (for drains) and tidies up; `idle` is how long a flow may be
     /// silent and still count as live.
     fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, Self::Error>;
@@ -103,6 +106,12 @@ impl Dataplane for AnyDataplane {
         Ok(match self {
             AnyDataplane::Xdp(d) => d.apply(snapshot)?,
             AnyDataplane::Fake(d) => d.apply(snapshot)?,
+        })
+    }
+    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, AnyError> {
+        Ok(match self {
+            AnyDataplane::Xdp(d) => d.apply_vips(changes)?,
+            AnyDataplane::Fake(d) => d.apply_vips(changes)?,
         })
     }
     fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, AnyError> {

@@ -1,5 +1,7 @@
-//! Kubernetes objects -> the wanted state. Pure: every Service is judged on its own, and
-//! a problem with one Service (reported as an Event on it) never affects the others.
+//! Kubernetes objects -> the wanted state. Pure and incremental: every Service is judged
+//! on its own (a problem with one Service, reported as an Event on it, never affects the
+//! others), and a change to one Service or its EndpointSlices recomputes that Service
+//! and the VIPs it touches, nothing else.
 //!
 //! * A Service of type LoadBalancer is ours when its `spec.loadBalancerClass` is our
 //!   class (or, with `--kube-default-class`, when it has none).
@@ -11,22 +13,18 @@
 //!   `progress` label sets a new backend's starting ramp percentage.
 //! * Two Services claiming the same VIP: the older one keeps it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
-use kube::core::PartialObjectMeta;
-use kube::ResourceExt;
+use k8s_openapi::jiff::Timestamp;
 
-use crate::config::DEFAULT_AFFINITY_TIMEOUT_S;
+use super::objects::{EndpointState, Family, PortView, ServiceView, SliceView};
 use crate::model::{BackendSpec, Desired, Protocol, Vip, VipSpec};
 
 pub const DEFAULT_CLASS: &str = "lb-agent.io/xdp";
 pub const ADDRESS_ANNOTATION: &str = "lb-agent.io/load-balancer-ip";
 pub const PROGRESS_LABEL: &str = "progress";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
@@ -94,92 +92,82 @@ pub struct ServiceOutcome {
     pub problems: Vec<ServiceProblem>,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct Computed {
+/// One port of a Service, judged on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PortOutcome {
+    /// The VIP and what it would hold, unless an older Service claims it.
+    Vip(Vip, VipSpec),
+    Problem(ServiceProblem),
+}
+
+/// One Service judged on its own, before contested VIPs are settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Candidate {
+    address: Option<IpAddr>,
+    ports: Vec<PortOutcome>,
+    /// Backend address -> its pod (namespace, name), for writing progress back.
+    pods: HashMap<IpAddr, (String, String)>,
+}
+
+/// Who claims a VIP, oldest first: (creation time, Service).
+type Claim = (Option<Timestamp>, ServiceKey);
+
+/// The wanted state, kept up to date one Service at a time.
+#[derive(Debug, Default)]
+pub struct State {
+    candidates: HashMap<ServiceKey, (Claim, Candidate)>,
+    claims: BTreeMap<Vip, BTreeSet<Claim>>,
     pub desired: Desired,
+    /// Every Service of ours, with what became of it.
     pub services: BTreeMap<ServiceKey, ServiceOutcome>,
-    /// Backend address -> (namespace, pod name), for writing progress back.
-    pub pods: BTreeMap<IpAddr, (String, String)>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Selection {
-    pub class: String,
-    /// Also take Services without a `loadBalancerClass`.
-    pub default_class: bool,
+/// What an update changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// VIPs whose wanted state changed (added, removed or different).
+    pub vips: BTreeSet<Vip>,
+    /// Services whose outcome changed or that are no longer ours.
+    pub services: BTreeSet<ServiceKey>,
 }
 
-pub fn key_of(s: &Service) -> ServiceKey {
-    ServiceKey { namespace: s.namespace().unwrap_or_default(), name: s.name_any() }
-}
-
-/// Is this Service one we program?
-pub fn is_ours(s: &Service, sel: &Selection) -> bool {
-    let Some(spec) = &s.spec else { return false };
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        return false;
-    }
-    match spec.load_balancer_class.as_deref() {
-        Some(c) => c == sel.class,
-        None => sel.default_class,
+impl Update {
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.services.is_empty()
     }
 }
 
-fn requested_address(s: &Service) -> Result<IpAddr, ServiceProblem> {
-    let from_spec = s.spec.as_ref().and_then(|sp| sp.load_balancer_ip.clone()).filter(|v| !v.is_empty());
-    let value =
-        from_spec.or_else(|| s.annotations().get(ADDRESS_ANNOTATION).cloned()).ok_or(ServiceProblem::NoAddress)?;
+fn requested_address(s: &ServiceView) -> Result<IpAddr, ServiceProblem> {
+    let value = s.requested.clone().ok_or(ServiceProblem::NoAddress)?;
     value.trim().parse().map_err(|_| ServiceProblem::BadAddress { value })
-}
-
-/// One endpoint's verdict: (in, draining) or out.
-fn endpoint_state(e: &Endpoint) -> Option<bool> {
-    let c = e.conditions.as_ref();
-    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-    if ready && !terminating {
-        Some(false)
-    } else if serving && terminating {
-        Some(true)
-    } else {
-        None
-    }
 }
 
 /// The backends of one Service port, from its EndpointSlices.
 fn backends(
-    slices: &[&EndpointSlice],
-    port: &ServicePort,
+    slices: &[&SliceView],
+    port: &PortView,
     vip: &Vip,
-    pods: &BTreeMap<(String, String), Option<u32>>,
-    out: &mut Computed,
+    progress: &impl Fn(&str, &str) -> Option<u32>,
+    pods: &mut HashMap<IpAddr, (String, String)>,
 ) -> Result<Vec<BackendSpec>, ServiceProblem> {
-    let family = if vip.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    let family = if vip.addr.is_ipv4() { Family::V4 } else { Family::V6 };
     let mut list: Vec<BackendSpec> = Vec::new();
-    for slice in slices.iter().filter(|s| s.address_type == family) {
-        let slice_port = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""));
-        if let Some(ep) = slice_port.and_then(|p| p.port) {
+    for slice in slices.iter().filter(|s| s.family == family) {
+        let slice_port = slice.ports.iter().find(|(name, _)| *name == port.name);
+        if let Some(ep) = slice_port.and_then(|(_, p)| *p) {
             if ep != port.port {
                 return Err(ServiceProblem::PortMismatch { port: port.port, endpoint_port: ep });
             }
         }
-        for e in &slice.endpoints {
-            let Some(draining) = endpoint_state(e) else { continue };
-            let pod = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"));
-            let pod_key = pod.map(|r| (r.namespace.clone().unwrap_or_default(), r.name.clone().unwrap_or_default()));
-            for a in &e.addresses {
-                let Ok(addr) = a.parse::<IpAddr>() else { continue };
+        for e in slice.endpoints.iter() {
+            let draining = e.state == EndpointState::Draining;
+            for &addr in e.addrs.iter() {
                 if list.iter().any(|b| b.addr == addr) {
                     continue;
                 }
-                let start_progress = pod_key.as_ref().and_then(|k| pods.get(k).copied().flatten());
-                if let Some(k) = &pod_key {
-                    out.pods.insert(addr, k.clone());
+                let start_progress = e.pod.as_ref().and_then(|p| progress(&p.0, &p.1));
+                if let Some(p) = &e.pod {
+                    pods.insert(addr, (**p).clone());
                 }
                 list.push(BackendSpec { addr, weight: 1, start_progress, draining });
             }
@@ -188,99 +176,174 @@ fn backends(
     Ok(list)
 }
 
-/// Computes the wanted state from the watched objects.
-pub fn compute(
-    services: &[&Service],
-    slices: &[&EndpointSlice],
-    pods: &[&PartialObjectMeta<Pod>],
-    sel: &Selection,
-) -> Computed {
-    let mut out = Computed::default();
-    let progress: BTreeMap<(String, String), Option<u32>> = pods
-        .iter()
-        .map(|p| {
-            let v = p.labels().get(PROGRESS_LABEL).and_then(|v| v.parse::<u32>().ok()).filter(|v| *v <= 100);
-            ((p.namespace().unwrap_or_default(), p.name_any()), v)
-        })
-        .collect();
-    let mut ours: Vec<&Service> = services.iter().copied().filter(|s| is_ours(s, sel)).collect();
-    // Older Services first: they keep a contested VIP.
-    ours.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), key_of(s)));
-    // EndpointSlices by the Service they belong to, indexed once (not scanned per Service).
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        if let (Some(ns), Some(name)) = (s.namespace(), s.labels().get(SERVICE_NAME_LABEL)) {
-            by_service.entry((ns, name.clone())).or_default().push(s);
-        }
-    }
-    let mut owners: BTreeMap<Vip, ServiceKey> = BTreeMap::new();
-    for svc in ours {
-        let key = key_of(svc);
-        let mine = by_service.get(&(key.namespace.clone(), key.name.clone())).map(Vec::as_slice).unwrap_or(&[]);
-        let outcome = service(svc, &key, mine, &progress, &mut owners, &mut out);
-        out.services.insert(key, outcome);
-    }
-    out
-}
-
-fn service(
-    svc: &Service,
-    key: &ServiceKey,
-    mine: &[&EndpointSlice],
-    progress: &BTreeMap<(String, String), Option<u32>>,
-    owners: &mut BTreeMap<Vip, ServiceKey>,
-    out: &mut Computed,
-) -> ServiceOutcome {
-    let mut outcome = ServiceOutcome::default();
+fn candidate(svc: &ServiceView, slices: &[&SliceView], progress: &impl Fn(&str, &str) -> Option<u32>) -> Candidate {
+    let mut c = Candidate { address: None, ports: vec![], pods: HashMap::new() };
     let address = match requested_address(svc) {
         Ok(a) => a,
         Err(p) => {
-            outcome.problems.push(p);
-            return outcome;
+            c.ports.push(PortOutcome::Problem(p));
+            return c;
         }
     };
-    outcome.address = Some(address);
-    let spec = svc.spec.as_ref().expect("is_ours checked spec");
-    let affinity_timeout_s = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .map(|t| t.max(1) as u32)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
-    } else {
-        0
-    };
-    let mut any_ready = false;
-    for port in spec.ports.iter().flatten() {
-        let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
-        let proto = match protocol.as_str() {
+    c.address = Some(address);
+    for port in &svc.ports {
+        let proto = match port.protocol.as_str() {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
             _ => {
-                outcome.problems.push(ServiceProblem::UnsupportedProtocol { port: port.port, protocol });
+                let problem = ServiceProblem::UnsupportedProtocol { port: port.port, protocol: port.protocol.clone() };
+                c.ports.push(PortOutcome::Problem(problem));
                 continue;
             }
         };
         let vip = Vip { addr: address, port: port.port as u16, proto };
-        if let Some(owner) = owners.get(&vip) {
-            outcome.problems.push(ServiceProblem::Conflict { vip, owner: owner.clone() });
+        if c.ports.iter().any(|p| matches!(p, PortOutcome::Vip(v, _) if *v == vip)) {
+            let problem = ServiceProblem::Conflict { vip, owner: svc.key.clone() };
+            c.ports.push(PortOutcome::Problem(problem));
             continue;
         }
-        match backends(mine, port, &vip, progress, out) {
-            Ok(list) => {
-                any_ready |= list.iter().any(|b| !b.draining);
-                owners.insert(vip, key.clone());
-                out.desired.vips.insert(vip, VipSpec { backends: list, ramp: None, affinity_timeout_s });
-                outcome.vips.push(vip);
+        c.ports.push(match backends(slices, port, &vip, progress, &mut c.pods) {
+            Ok(backends) => {
+                PortOutcome::Vip(vip, VipSpec { backends, ramp: None, affinity_timeout_s: svc.affinity_timeout_s })
             }
-            Err(p) => outcome.problems.push(p),
+            Err(p) => PortOutcome::Problem(p),
+        });
+    }
+    c
+}
+
+fn claimed(c: &Candidate) -> impl Iterator<Item = &Vip> {
+    c.ports.iter().filter_map(|p| match p {
+        PortOutcome::Vip(v, _) => Some(v),
+        PortOutcome::Problem(_) => None,
+    })
+}
+
+impl State {
+    /// The wanted state from every Service and EndpointSlice at once.
+    pub fn compute(
+        services: &[&ServiceView],
+        slices: &[&SliceView],
+        progress: impl Fn(&str, &str) -> Option<u32>,
+    ) -> State {
+        let mut by_service: HashMap<&ServiceKey, Vec<&SliceView>> = HashMap::new();
+        for s in slices {
+            if let Some(k) = &s.service {
+                by_service.entry(k).or_default().push(s);
+            }
+        }
+        let mut state = State::default();
+        let mut update = Update::default();
+        for svc in services {
+            let mine = by_service.get(&svc.key).map(Vec::as_slice).unwrap_or(&[]);
+            state.update(&svc.key, Some(svc), mine, &progress, &mut update);
+        }
+        state
+    }
+
+    /// Brings one Service up to date: `svc` is the Service now (`None`: deleted), `slices`
+    /// its EndpointSlices, `progress` a pod's `progress` label. What changed is added to
+    /// `out`.
+    pub fn update(
+        &mut self,
+        key: &ServiceKey,
+        svc: Option<&ServiceView>,
+        slices: &[&SliceView],
+        progress: &impl Fn(&str, &str) -> Option<u32>,
+        out: &mut Update,
+    ) {
+        let new = svc.filter(|s| s.ours).map(|s| ((s.created, key.clone()), candidate(s, slices, progress)));
+        let old = self.candidates.remove(key);
+        if old == new {
+            if let Some(old) = old {
+                self.candidates.insert(key.clone(), old);
+            }
+            return;
+        }
+        let mut touched: BTreeSet<Vip> = BTreeSet::new();
+        if let Some((claim, c)) = &old {
+            for vip in claimed(c) {
+                touched.insert(*vip);
+                if let Some(set) = self.claims.get_mut(vip) {
+                    set.remove(claim);
+                    if set.is_empty() {
+                        self.claims.remove(vip);
+                    }
+                }
+            }
+        }
+        if let Some((claim, c)) = &new {
+            for vip in claimed(c) {
+                touched.insert(*vip);
+                self.claims.entry(*vip).or_default().insert(claim.clone());
+            }
+        }
+        if let Some(new) = new {
+            self.candidates.insert(key.clone(), new);
+        }
+        let mut affected: BTreeSet<ServiceKey> = BTreeSet::from([key.clone()]);
+        for vip in &touched {
+            affected.extend(self.claims.get(vip).into_iter().flatten().map(|(_, k)| k.clone()));
+            let wanted = self.owner(vip).and_then(|k| self.spec(k, vip)).cloned();
+            let changed = match wanted {
+                Some(spec) => self.desired.vips.insert(*vip, spec.clone()).as_ref() != Some(&spec),
+                None => self.desired.vips.remove(vip).is_some(),
+            };
+            if changed {
+                out.vips.insert(*vip);
+            }
+        }
+        for k in affected {
+            let outcome = self.candidates.get(&k).map(|(_, c)| self.outcome(&k, c));
+            let changed = match outcome {
+                Some(o) => self.services.insert(k.clone(), o.clone()).as_ref() != Some(&o),
+                None => self.services.remove(&k).is_some(),
+            };
+            if changed {
+                out.services.insert(k);
+            }
         }
     }
-    if !outcome.vips.is_empty() && !any_ready {
-        outcome.problems.push(ServiceProblem::NoReadyEndpoints);
+
+    /// The Service that owns a VIP: the oldest one claiming it.
+    pub fn owner(&self, vip: &Vip) -> Option<&ServiceKey> {
+        self.claims.get(vip)?.first().map(|(_, k)| k)
     }
-    outcome
+
+    fn spec(&self, key: &ServiceKey, vip: &Vip) -> Option<&VipSpec> {
+        self.candidates.get(key)?.1.ports.iter().find_map(|p| match p {
+            PortOutcome::Vip(v, spec) if v == vip => Some(spec),
+            _ => None,
+        })
+    }
+
+    /// The pod (namespace, name) behind a backend of a VIP.
+    pub fn pod_of(&self, vip: &Vip, addr: IpAddr) -> Option<&(String, String)> {
+        self.candidates.get(self.owner(vip)?)?.1.pods.get(&addr)
+    }
+
+    fn outcome(&self, key: &ServiceKey, c: &Candidate) -> ServiceOutcome {
+        let mut outcome = ServiceOutcome { address: c.address, ..Default::default() };
+        let mut any_ready = false;
+        for p in &c.ports {
+            match p {
+                PortOutcome::Problem(p) => outcome.problems.push(p.clone()),
+                PortOutcome::Vip(vip, spec) => match self.owner(vip) {
+                    Some(owner) if owner != key => {
+                        outcome.problems.push(ServiceProblem::Conflict { vip: *vip, owner: owner.clone() })
+                    }
+                    _ => {
+                        any_ready |= spec.backends.iter().any(|b| !b.draining);
+                        outcome.vips.push(*vip);
+                    }
+                },
+            }
+        }
+        if !outcome.vips.is_empty() && !any_ready {
+            outcome.problems.push(ServiceProblem::NoReadyEndpoints);
+        }
+        outcome
+    }
 }
 
 #[cfg(test)]

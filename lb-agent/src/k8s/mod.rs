@@ -2,5 +2,6 @@
 //! Service status, conditions and Events, and the pods' `progress` labels.
 
 pub mod desired;
+pub mod objects;
 pub mod report;
 pub mod watch;

@@ -2,28 +2,34 @@
 //! a condition per LB host saying whether the Service is programmed in its data plane
 //! and how, Events for every problem and state change, and the pods' `progress` labels.
 //!
+//! The reporter is a task of its own: the data path's loop hands it what changed and
+//! goes on, so a slow or unreachable API server never delays a map update. Messages
+//! that queue up while it writes are merged (the latest outcome per Service wins).
 //! Status is written with server-side apply under a field manager per host, so several
 //! LB hosts each own their own condition; nothing is written when nothing changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::desired::{Computed, ServiceKey, ServiceOutcome, PROGRESS_LABEL};
+use super::desired::{ServiceKey, ServiceOutcome, PROGRESS_LABEL};
 use super::watch::KubeSource;
-use crate::model::Vip;
-use crate::ramp::{Effective, Event as RampEvent};
 
 pub const CONDITION_PREFIX: &str = "lb-agent.io/Programmed-";
+/// Status writes in flight at once.
+const IN_FLIGHT: usize = 8;
 
 /// How this host's data plane is doing, for the condition's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostState {
     /// E.g. "XDP native on eth0".
     pub mode: String,
@@ -31,135 +37,248 @@ pub struct HostState {
     pub error: Option<String>,
 }
 
-pub struct KubeReporter {
+/// What the data path's loop tells the reporter.
+#[derive(Debug)]
+pub enum Report {
+    /// The data plane's state: every Service's condition follows it.
+    Host(HostState),
+    /// Services whose outcome changed; `None`: no longer ours.
+    Services(Vec<(ServiceKey, Option<ServiceOutcome>)>),
+    /// Backends' ramp progress, for their pods' `progress` labels.
+    Progress(Vec<(IpAddr, (String, String), u32)>),
+    /// A Normal Event on a Service: (Service, reason, note).
+    Event(ServiceKey, &'static str, String),
+}
+
+/// The handle the loop sends through.
+#[derive(Clone)]
+pub struct ReportSender(mpsc::UnboundedSender<Report>);
+
+impl ReportSender {
+    pub fn send(&self, r: Report) {
+        // The reporter only stops with the process.
+        let _ = self.0.send(r);
+    }
+}
+
+struct KubeReporter {
     client: Client,
     recorder: Recorder,
-    host: String,
-    written: BTreeMap<ServiceKey, Value>,
-    since: BTreeMap<ServiceKey, (bool, String)>,
+    source: KubeSource,
+    host_name: String,
+    host: HostState,
+    outcomes: BTreeMap<ServiceKey, ServiceOutcome>,
+    /// The status body last written per Service (a hash of it).
+    written: HashMap<ServiceKey, u64>,
+    /// The condition's (status, lastTransitionTime) per Service.
+    since: HashMap<ServiceKey, (bool, String)>,
+    /// Problems already published as Events.
     reported: BTreeSet<(ServiceKey, String)>,
     programmed: BTreeSet<ServiceKey>,
-    /// What each Service's status was last computed from: unchanged input, no work.
-    last_input: BTreeMap<ServiceKey, (ServiceOutcome, Option<String>)>,
-    /// Progress last seen (written or already on the label) per backend address.
-    progress_seen: std::sync::Mutex<BTreeMap<IpAddr, u32>>,
+    /// Progress last written or found on the label, per backend.
+    progress_seen: HashMap<IpAddr, u32>,
+    /// Services whose status write failed: retried.
+    failed: BTreeSet<ServiceKey>,
+}
+
+/// How soon failed status writes are retried when nothing else comes.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the reporter task.
+pub fn spawn(client: Client, host: &str, source: KubeSource, mode: String) -> ReportSender {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+    let reporter = Reporter { controller: "lb-agent".into(), instance: Some(host.into()) };
+    let mut r = KubeReporter {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        source,
+        host_name: host.into(),
+        host: HostState { mode, error: None },
+        outcomes: BTreeMap::new(),
+        written: HashMap::new(),
+        since: HashMap::new(),
+        reported: BTreeSet::new(),
+        programmed: BTreeSet::new(),
+        progress_seen: HashMap::new(),
+        failed: BTreeSet::new(),
+    };
+    tokio::spawn(async move {
+        loop {
+            let mut batch = Vec::new();
+            match tokio::time::timeout(RETRY, rx.recv()).await {
+                Ok(Some(first)) => batch.push(first),
+                Ok(None) => return,
+                Err(_) if r.failed.is_empty() => continue,
+                Err(_) => {}
+            }
+            while let Ok(m) = rx.try_recv() {
+                batch.push(m);
+            }
+            r.handle(batch).await;
+        }
+    });
+    ReportSender(tx)
+}
+
+fn hash_of(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 impl KubeReporter {
-    pub fn new(client: Client, host: &str) -> Self {
-        let reporter = Reporter { controller: "lb-agent".into(), instance: Some(host.into()) };
-        KubeReporter {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            host: host.into(),
-            written: BTreeMap::new(),
-            since: BTreeMap::new(),
-            reported: BTreeSet::new(),
-            programmed: BTreeSet::new(),
-            last_input: BTreeMap::new(),
-            progress_seen: Default::default(),
+    async fn handle(&mut self, batch: Vec<Report>) {
+        let mut services: BTreeSet<ServiceKey> = std::mem::take(&mut self.failed);
+        let mut released: Vec<ServiceKey> = Vec::new();
+        let mut progress: BTreeMap<IpAddr, ((String, String), u32)> = BTreeMap::new();
+        let mut events = Vec::new();
+        for m in batch {
+            match m {
+                Report::Host(h) if h != self.host => {
+                    self.host = h;
+                    services.extend(self.outcomes.keys().cloned());
+                }
+                Report::Host(_) => {}
+                Report::Services(list) => {
+                    for (key, outcome) in list {
+                        match outcome {
+                            Some(o) => {
+                                self.outcomes.insert(key.clone(), o);
+                                services.insert(key);
+                            }
+                            None => {
+                                self.outcomes.remove(&key);
+                                services.remove(&key);
+                                released.push(key);
+                            }
+                        }
+                    }
+                }
+                Report::Progress(list) => progress.extend(list.into_iter().map(|(a, pod, p)| (a, (pod, p)))),
+                Report::Event(key, reason, note) => events.push((key, reason, note)),
+            }
+        }
+        self.statuses(services).await;
+        for key in released {
+            self.release(key).await;
+        }
+        self.progress(progress).await;
+        for (key, reason, note) in events {
+            self.event(&key, EventType::Normal, reason, note).await;
         }
     }
 
     fn condition_type(&self) -> String {
-        format!("{CONDITION_PREFIX}{}", self.host)
+        format!("{CONDITION_PREFIX}{}", self.host_name)
     }
 
-    async fn event(&self, source: &KubeSource, key: &ServiceKey, type_: EventType, reason: &str, note: String) {
-        let Some(svc) = source.service(key) else { return };
+    async fn event(&self, key: &ServiceKey, type_: EventType, reason: &str, note: String) {
+        let Some(reference) = self.source.object_ref(key) else { return };
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Program".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
             warn!(service = %key, error = %e, "publishing an Event");
         }
     }
 
     /// Writes status and conditions, and publishes Events for new problems and for
     /// Services that became programmed.
-    pub async fn report(&mut self, source: &KubeSource, computed: &Computed, host: &HostState) {
-        for (key, outcome) in &computed.services {
-            let input = (outcome.clone(), host.error.clone());
-            if self.last_input.get(key) == Some(&input) && self.written.contains_key(key) {
-                continue;
-            }
-            self.last_input.insert(key.clone(), input);
+    async fn statuses(&mut self, keys: BTreeSet<ServiceKey>) {
+        let mut writes = Vec::new();
+        for key in keys {
+            let Some(outcome) = self.outcomes.get(&key).cloned() else { continue };
             for p in &outcome.problems {
                 if self.reported.insert((key.clone(), p.to_string())) {
-                    self.event(source, key, EventType::Warning, p.reason(), p.to_string()).await;
+                    self.event(&key, EventType::Warning, p.reason(), p.to_string()).await;
                 }
             }
+            let host = &self.host;
             let ok = !outcome.vips.is_empty() && host.error.is_none();
             let (reason, message) = match (&host.error, outcome.problems.first()) {
-                (Some(e), _) => ("SyncFailed".to_string(), format!("{}: {e}", host.mode)),
+                (Some(e), _) => ("SyncFailed", format!("{}: {e}", host.mode)),
                 (None, _) if outcome.vips.is_empty() => {
-                    let why = outcome.problems.first().map(|p| p.to_string()).unwrap_or_default();
-                    ("NotProgrammed".to_string(), why)
+                    ("NotProgrammed", outcome.problems.first().map(|p| p.to_string()).unwrap_or_default())
                 }
-                (None, Some(p)) => {
-                    ("PartlyProgrammed".to_string(), format!("{} ({} VIPs); {p}", host.mode, outcome.vips.len()))
-                }
-                (None, None) => ("Programmed".to_string(), format!("{} ({} VIPs)", host.mode, outcome.vips.len())),
+                (None, Some(p)) => ("PartlyProgrammed", format!("{} ({} VIPs); {p}", host.mode, outcome.vips.len())),
+                (None, None) => ("Programmed", format!("{} ({} VIPs)", host.mode, outcome.vips.len())),
             };
             if ok && self.programmed.insert(key.clone()) {
-                let vips: Vec<String> = outcome.vips.iter().map(Vip::to_string).collect();
-                self.event(source, key, EventType::Normal, "Programmed", format!("{}: {}", host.mode, vips.join(", ")))
-                    .await;
+                let vips: Vec<String> = outcome.vips.iter().map(ToString::to_string).collect();
+                let note = format!("{}: {}", self.host.mode, vips.join(", "));
+                self.event(&key, EventType::Normal, "Programmed", note).await;
             } else if !ok {
-                self.programmed.remove(key);
+                self.programmed.remove(&key);
             }
             let ingress = if outcome.vips.is_empty() { None } else { outcome.address };
-            self.apply_status(key, ingress, ok, &reason, &message).await;
+            let body = self.status_body(&key, ingress, ok, reason, &message);
+            let hash = hash_of(&body);
+            if self.written.get(&key) != Some(&hash) {
+                writes.push((key, body, hash));
+            }
         }
-        // Services that stopped being ours (class changed, type changed): release them.
-        let gone: Vec<ServiceKey> =
-            self.written.keys().filter(|k| !computed.services.contains_key(k)).cloned().collect();
-        for key in gone {
-            self.written.remove(&key);
-            self.last_input.remove(&key);
-            self.since.remove(&key);
-            self.programmed.remove(&key);
-            if source.service(&key).is_some() {
-                self.patch(&key, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": key.name, "namespace": key.namespace}}))
-                    .await;
+        let this = &*self;
+        let results: Vec<(ServiceKey, u64, bool)> = futures::stream::iter(writes)
+            .map(|(key, body, hash)| async move {
+                let ok = this.patch(&key, &body).await;
+                (key, hash, ok)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, hash, ok) in results {
+            if ok {
+                self.written.insert(key, hash);
+            } else {
+                self.written.remove(&key);
+                self.failed.insert(key);
             }
         }
     }
 
-    async fn apply_status(&mut self, key: &ServiceKey, ingress: Option<IpAddr>, ok: bool, reason: &str, message: &str) {
+    fn status_body(
+        &mut self,
+        key: &ServiceKey,
+        ingress: Option<IpAddr>,
+        ok: bool,
+        reason: &str,
+        message: &str,
+    ) -> Value {
         let status = if ok { "True" } else { "False" };
         let condition_type = self.condition_type();
         let since = self.since.entry(key.clone()).or_insert_with(|| (ok, Timestamp::now().to_string()));
         if since.0 != ok {
             *since = (ok, Timestamp::now().to_string());
         }
-        let since = since.1.clone();
         let ingress: Vec<Value> =
             ingress.map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).into_iter().collect();
-        let body = json!({
+        json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": key.name, "namespace": key.namespace},
             "status": {
                 "loadBalancer": {"ingress": ingress},
                 "conditions": [{
                     "type": condition_type, "status": status, "reason": reason,
-                    "message": message, "lastTransitionTime": since,
+                    "message": message, "lastTransitionTime": since.1,
                 }]
             }
-        });
-        if self.written.get(key) == Some(&body) {
-            return;
-        }
-        if self.patch(key, body.clone()).await {
-            self.written.insert(key.clone(), body);
-        } else {
-            // Retried on the next sync even if nothing changes meanwhile.
-            self.last_input.remove(key);
+        })
+    }
+
+    /// A Service that stopped being ours (class or type changed, deleted): our status
+    /// fields are released (an apply with none of them).
+    async fn release(&mut self, key: ServiceKey) {
+        self.since.remove(&key);
+        self.programmed.remove(&key);
+        if self.written.remove(&key).is_some() && self.source.lock().service(&key).is_some() {
+            let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": key.name, "namespace": key.namespace}});
+            self.patch(&key, &body).await;
         }
     }
 
-    async fn patch(&self, key: &ServiceKey, body: Value) -> bool {
+    async fn patch(&self, key: &ServiceKey, body: &Value) -> bool {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-        let params = PatchParams::apply(&format!("lb-agent-{}", self.host)).force();
-        match api.patch_status(&key.name, &params, &Patch::Apply(&body)).await {
+        let params = PatchParams::apply(&format!("lb-agent-{}", self.host_name)).force();
+        match api.patch_status(&key.name, &params, &Patch::Apply(body)).await {
             Ok(_) => true,
             Err(e) => {
                 warn!(service = %key, error = %e, "writing Service status");
@@ -169,52 +288,24 @@ impl KubeReporter {
     }
 
     /// Writes each backend pod's ramp progress to its `progress` label when it differs.
-    pub async fn progress(&self, source: &KubeSource, computed: &Computed, effective: &BTreeMap<Vip, Vec<Effective>>) {
+    async fn progress(&mut self, list: BTreeMap<IpAddr, ((String, String), u32)>) {
         let mut done = BTreeSet::new();
-        for e in effective.values().flatten().filter(|e| !e.draining) {
-            if self.progress_seen.lock().expect("lock").get(&e.addr) == Some(&e.progress) {
+        for (addr, ((ns, name), progress)) in list {
+            if self.progress_seen.get(&addr) == Some(&progress) || !done.insert((ns.clone(), name.clone())) {
                 continue;
             }
-            let Some((ns, name)) = computed.pods.get(&e.addr) else { continue };
-            if !done.insert((ns.clone(), name.clone())) {
+            if self.source.lock().progress(&ns, &name) == Some(progress) {
+                self.progress_seen.insert(addr, progress);
                 continue;
             }
-            let current = source.pod(ns, name).and_then(|p| p.metadata.labels.as_ref()?.get(PROGRESS_LABEL).cloned());
-            if current.as_deref() == Some(e.progress.to_string().as_str()) {
-                self.progress_seen.lock().expect("lock").insert(e.addr, e.progress);
-                continue;
-            }
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-            let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: e.progress.to_string()}}});
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: progress.to_string()}}});
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    self.progress_seen.lock().expect("lock").insert(e.addr, e.progress);
-                    info!(pod = %format!("{ns}/{name}"), progress = e.progress, "progress label written")
+                    self.progress_seen.insert(addr, progress);
+                    info!(pod = %format!("{ns}/{name}"), progress, "progress label written")
                 }
                 Err(err) => warn!(pod = %format!("{ns}/{name}"), error = %err, "writing the progress label"),
-            }
-        }
-    }
-
-    /// Events for ramps and drains that finished, on the Services they belong to.
-    pub async fn backend_events(&self, source: &KubeSource, computed: &Computed, events: &[RampEvent]) {
-        for ev in events {
-            let (vip, text, reason) = match ev {
-                RampEvent::RampFinished { vip, backend } => {
-                    (vip, format!("backend {backend} reached full weight"), "RampFinished")
-                }
-                RampEvent::DrainFinished { vip, backend, live_flows, timed_out } => (
-                    vip,
-                    format!(
-                        "backend {backend} drained ({}; {live_flows} live flows)",
-                        if *timed_out { "timed out" } else { "no flows left" }
-                    ),
-                    "DrainFinished",
-                ),
-                _ => continue,
-            };
-            if let Some((key, _)) = computed.services.iter().find(|(_, o)| o.vips.contains(vip)) {
-                self.event(source, key, EventType::Normal, reason, format!("{vip}: {text}")).await;
             }
         }
     }

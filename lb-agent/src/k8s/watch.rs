@@ -1,21 +1,28 @@
-//! Watching Services, EndpointSlices and pod metadata into local caches (kube-runtime
-//! reflectors). Nothing is computed before every cache has finished its first list, so
-//! an empty cache can never delete a VIP; a watch error keeps the last state and the
-//! watcher retries with backoff.
+//! Watching Services, EndpointSlices and pod metadata into one local cache of compact
+//! projections (`objects`), with the Services to recompute marked as events arrive.
+//!
+//! * Nothing is computed before every watch has finished its first list, so an empty
+//!   cache can never delete a VIP.
+//! * A watch error keeps the last state; the watcher retries with backoff. A relist
+//!   replaces a collection and marks exactly the Services whose objects differ.
+//! * An event that changes nothing the agent reads (its own status writes, resyncs)
+//!   marks nothing and wakes nobody.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::desired::{self, Computed, Selection};
+use super::desired::{ServiceKey, State};
+use super::objects::{pod_progress, Selection, ServiceView, SliceView};
 
 /// Which objects to watch.
 #[derive(Clone, Debug)]
@@ -27,13 +34,173 @@ pub struct WatchOptions {
     pub selection: Selection,
 }
 
+type ObjectKey = (String, String);
+
+/// What the watches have seen.
+#[derive(Default)]
+pub struct Cache {
+    services: HashMap<ServiceKey, ServiceView>,
+    slices: HashMap<ObjectKey, SliceView>,
+    /// Service -> names of its EndpointSlices (in the Service's namespace).
+    by_service: HashMap<ServiceKey, BTreeSet<String>>,
+    /// Pod -> its `progress` label.
+    pods: HashMap<ObjectKey, Option<u32>>,
+    /// Services whose objects changed since the last `take_dirty`.
+    dirty: BTreeSet<ServiceKey>,
+    /// Which watches have finished their first list.
+    listed: [bool; 3],
+}
+
+impl Cache {
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
+        self.services.get(key)
+    }
+
+    pub fn slices_of(&self, key: &ServiceKey) -> Vec<&SliceView> {
+        let names = self.by_service.get(key).into_iter().flatten();
+        names.filter_map(|n| self.slices.get(&(key.namespace.clone(), n.clone()))).collect()
+    }
+
+    /// A pod's `progress` label, when it has a valid one.
+    pub fn progress(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.pods.get(&(namespace.to_string(), name.to_string())).copied().flatten()
+    }
+
+    /// The Services to recompute, marked since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The wanted state from everything cached.
+    pub fn compute(&self) -> State {
+        let services: Vec<&ServiceView> = self.services.values().collect();
+        let slices: Vec<&SliceView> = self.slices.values().collect();
+        State::compute(&services, &slices, |ns, name| self.progress(ns, name))
+    }
+
+    /// Brings the Services marked dirty up to date in `state`.
+    pub fn update(&mut self, state: &mut State, out: &mut super::desired::Update) {
+        for key in self.take_dirty() {
+            let slices = self.slices_of(&key);
+            state.update(&key, self.services.get(&key), &slices, &|ns, name| self.progress(ns, name), out);
+        }
+    }
+}
+
+/// One watched kind: how its objects are projected and stored.
+trait Kind: Send + 'static {
+    type Object: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static;
+    type Key: Clone + Eq + Hash + Send;
+    type View: PartialEq + Send;
+    const NAME: &'static str;
+    const INDEX: usize;
+    fn project(o: &Self::Object, sel: &Selection) -> (Self::Key, Self::View);
+    fn keys(c: &Cache) -> Vec<Self::Key>;
+    /// Stores (or with `None` removes) one object and marks the Services it concerns.
+    fn set(c: &mut Cache, key: Self::Key, view: Option<Self::View>);
+}
+
+fn object_key<K: kube::Resource>(o: &K) -> ObjectKey {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+}
+
+struct Services;
+impl Kind for Services {
+    type Object = Service;
+    type Key = ServiceKey;
+    type View = ServiceView;
+    const NAME: &'static str = "Services";
+    const INDEX: usize = 0;
+    fn project(o: &Service, sel: &Selection) -> (ServiceKey, ServiceView) {
+        let v = ServiceView::new(o, sel);
+        (v.key.clone(), v)
+    }
+    fn keys(c: &Cache) -> Vec<ServiceKey> {
+        c.services.keys().cloned().collect()
+    }
+    fn set(c: &mut Cache, key: ServiceKey, view: Option<ServiceView>) {
+        let old = match view {
+            Some(v) => c.services.insert(key.clone(), v),
+            None => c.services.remove(&key),
+        };
+        if old.as_ref() != c.services.get(&key) {
+            c.dirty.insert(key);
+        }
+    }
+}
+
+struct Slices;
+impl Kind for Slices {
+    type Object = EndpointSlice;
+    type Key = ObjectKey;
+    type View = SliceView;
+    const NAME: &'static str = "EndpointSlices";
+    const INDEX: usize = 1;
+    fn project(o: &EndpointSlice, _: &Selection) -> (ObjectKey, SliceView) {
+        (object_key(o), SliceView::new(o))
+    }
+    fn keys(c: &Cache) -> Vec<ObjectKey> {
+        c.slices.keys().cloned().collect()
+    }
+    fn set(c: &mut Cache, key: ObjectKey, view: Option<SliceView>) {
+        let old = c.slices.remove(&key);
+        if old == view {
+            if let Some(v) = old {
+                c.slices.insert(key, v);
+            }
+            return;
+        }
+        if let Some(s) = old.as_ref().and_then(|v| v.service.clone()) {
+            if let Some(names) = c.by_service.get_mut(&s) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    c.by_service.remove(&s);
+                }
+            }
+            c.dirty.insert(s);
+        }
+        if let Some(v) = view {
+            if let Some(s) = v.service.clone() {
+                c.by_service.entry(s.clone()).or_default().insert(key.1.clone());
+                c.dirty.insert(s);
+            }
+            c.slices.insert(key, v);
+        }
+    }
+}
+
+/// Pods only give a new backend its starting progress: a label change marks nothing
+/// (a backend that exists keeps its ramp).
+struct Pods;
+impl Kind for Pods {
+    type Object = PartialObjectMeta<Pod>;
+    type Key = ObjectKey;
+    type View = Option<u32>;
+    const NAME: &'static str = "Pods";
+    const INDEX: usize = 2;
+    fn project(o: &PartialObjectMeta<Pod>, _: &Selection) -> (ObjectKey, Option<u32>) {
+        (object_key(o), pod_progress(o))
+    }
+    fn keys(c: &Cache) -> Vec<ObjectKey> {
+        c.pods.keys().cloned().collect()
+    }
+    fn set(c: &mut Cache, key: ObjectKey, view: Option<Option<u32>>) {
+        match view {
+            Some(v) => c.pods.insert(key, v),
+            None => c.pods.remove(&key),
+        };
+    }
+}
+
+struct Shared {
+    cache: Mutex<Cache>,
+    changed: Notify,
+}
+
+/// The watches and their cache.
+#[derive(Clone)]
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    pods: Store<PartialObjectMeta<Pod>>,
-    selection: Selection,
-    /// Notified on every change of any cache.
-    pub changed: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -47,137 +214,106 @@ where
     }
 }
 
-/// What the agent reads of an object, as a digest: an event that leaves it unchanged
-/// (the agent's own status writes, resyncs) wakes nobody.
-fn digest<T: serde::Serialize>(parts: &T) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(parts).unwrap_or_default().hash(&mut h);
-    h.finish()
-}
-
-fn service_digest(s: &Service) -> u64 {
-    digest(&(&s.spec, &s.metadata.labels, &s.metadata.annotations))
-}
-
-fn slice_digest(s: &EndpointSlice) -> u64 {
-    digest(&(&s.endpoints, &s.ports, &s.address_type, &s.metadata.labels))
-}
-
-fn pod_digest(p: &PartialObjectMeta<Pod>) -> u64 {
-    digest(&p.metadata.labels)
-}
-
-/// Drops what the agent never reads before it reaches the cache (memory).
-fn slim_meta(m: &mut kube::api::ObjectMeta) {
-    m.managed_fields = None;
-}
-
-/// Runs a reflector for `K` in the background; returns its store. `slim` trims each
-/// object before it is stored; `changed` is notified when an object's `digest` changed,
-/// an object was deleted, or a (re)list completed.
-fn reflect<K, S>(
-    stream: S,
-    what: &'static str,
-    slim: fn(&mut K),
-    digest: fn(&K) -> u64,
-    changed: Arc<Notify>,
-) -> Store<K>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+/// Runs one watch in the background, feeding the shared cache.
+fn spawn_watch<K: Kind>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K::Object>, watcher::Error>> + Send + 'static,
+    sel: Selection,
+    shared: Arc<Shared>,
+) where
+    <K::Object as kube::Resource>::DynamicType: Default,
 {
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, stream.modify(slim).default_backoff());
     tokio::spawn(async move {
+        let stream = stream.default_backoff();
         futures::pin_mut!(stream);
-        let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        let key = |o: &K| {
-            format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name.as_deref().unwrap_or(""))
-        };
+        // A (re)list in progress: replaces the collection when complete.
+        let mut relist: Vec<(K::Key, K::View)> = Vec::new();
         while let Some(event) = stream.next().await {
+            let mut cache = shared.cache.lock().expect("cache lock");
+            let had_dirty = !cache.dirty.is_empty();
             match event {
-                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
-                    let d = digest(&o);
-                    if seen.insert(key(&o), d) != Some(d) {
-                        changed.notify_one();
+                Ok(watcher::Event::Init) => relist.clear(),
+                Ok(watcher::Event::InitApply(o)) => relist.push(K::project(&o, &sel)),
+                Ok(watcher::Event::InitDone) => {
+                    let listed: std::collections::HashSet<K::Key> = relist.iter().map(|(k, _)| k.clone()).collect();
+                    for gone in K::keys(&cache).into_iter().filter(|k| !listed.contains(k)) {
+                        K::set(&mut cache, gone, None);
+                    }
+                    for (k, v) in relist.drain(..) {
+                        K::set(&mut cache, k, Some(v));
+                    }
+                    relist.shrink_to_fit();
+                    if !cache.listed[K::INDEX] {
+                        cache.listed[K::INDEX] = true;
+                        shared.changed.notify_one();
                     }
                 }
-                Ok(watcher::Event::Delete(o)) => {
-                    seen.remove(&key(&o));
-                    changed.notify_one();
+                Ok(watcher::Event::Apply(o)) => {
+                    let (k, v) = K::project(&o, &sel);
+                    K::set(&mut cache, k, Some(v));
                 }
-                Ok(_) => changed.notify_one(),
-                Err(e) => warn!(what, error = %e, "watch error; keeping the last state and retrying"),
+                Ok(watcher::Event::Delete(o)) => {
+                    let (k, _) = K::project(&o, &sel);
+                    K::set(&mut cache, k, None);
+                }
+                Err(e) => warn!(what = K::NAME, error = %e, "watch error; keeping the last state and retrying"),
+            }
+            if !had_dirty && !cache.dirty.is_empty() {
+                shared.changed.notify_one();
             }
         }
     });
-    store
 }
 
 impl KubeSource {
     /// Starts the watches (they run until the process ends).
     pub fn start(client: &Client, opts: &WatchOptions) -> KubeSource {
-        let changed = Arc::new(Notify::new());
+        let shared = Arc::new(Shared { cache: Mutex::new(Cache::default()), changed: Notify::new() });
         let mut svc_cfg = watcher::Config::default();
         if let Some(sel) = &opts.service_selector {
             svc_cfg = svc_cfg.labels(sel);
         }
-        let services = reflect(
-            watcher(api::<Service>(client, &opts.namespace), svc_cfg),
-            "Services",
-            |s: &mut Service| {
-                slim_meta(&mut s.metadata);
-                s.status = None;
-            },
-            service_digest,
-            changed.clone(),
-        );
-        let slices = reflect(
-            watcher(api::<EndpointSlice>(client, &opts.namespace), watcher::Config::default()),
-            "EndpointSlices",
-            |s: &mut EndpointSlice| slim_meta(&mut s.metadata),
-            slice_digest,
-            changed.clone(),
-        );
+        let sel = opts.selection.clone();
+        let ns = &opts.namespace;
+        spawn_watch::<Services>(watcher(api::<Service>(client, ns), svc_cfg), sel.clone(), shared.clone());
+        let slices = watcher(api::<EndpointSlice>(client, ns), watcher::Config::default());
+        spawn_watch::<Slices>(slices, sel.clone(), shared.clone());
         // Metadata only: labels are all we need of pods.
-        let pod_api = api::<PartialObjectMeta<Pod>>(client, &opts.namespace);
-        let pods = reflect(
-            watcher(pod_api, watcher::Config::default()),
-            "Pods",
-            |p: &mut PartialObjectMeta<Pod>| slim_meta(&mut p.metadata),
-            pod_digest,
-            changed.clone(),
-        );
-        KubeSource { services, slices, pods, selection: opts.selection.clone(), changed }
+        let pods = watcher(api::<PartialObjectMeta<Pod>>(client, ns), watcher::Config::default());
+        spawn_watch::<Pods>(pods, sel, shared.clone());
+        KubeSource { shared }
     }
 
-    /// Waits until every cache has its first complete list.
+    /// Waits until every watch has its first complete list.
     pub async fn ready(&self) {
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.slices.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.lock().listed.iter().all(|l| *l) {
+                return;
+            }
+            notified.await;
+        }
     }
 
-    /// The wanted state from the caches as they are now.
-    pub fn compute(&self) -> Computed {
-        let (s, e, p) = (self.services.state(), self.slices.state(), self.pods.state());
-        desired::compute(
-            &s.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-            &e.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-            &p.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-            &self.selection,
-        )
+    /// Resolves when a Service is marked dirty.
+    pub async fn changed(&self) {
+        self.shared.changed.notified().await
     }
 
-    /// A Service from the cache.
-    pub fn service(&self, key: &desired::ServiceKey) -> Option<Arc<Service>> {
-        self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+    pub fn lock(&self) -> MutexGuard<'_, Cache> {
+        self.shared.cache.lock().expect("cache lock")
     }
 
-    /// A pod's metadata from the cache.
-    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<PartialObjectMeta<Pod>>> {
-        self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
+    /// The ObjectReference of a cached Service (for Events).
+    pub fn object_ref(&self, key: &ServiceKey) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+        let cache = self.lock();
+        let s = cache.service(key)?;
+        Some(k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(key.namespace.clone()),
+            name: Some(key.name.clone()),
+            uid: s.uid.clone(),
+            ..Default::default()
+        })
     }
 }

@@ -321,6 +321,21 @@ impl Dataplane for XdpDataplane {
         Ok(report)
     }
 
+    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, XdpError> {
+        let mut report = ApplyReport::default();
+        for (vip, wanted) in changes {
+            match wanted {
+                Some(w) => self.apply_vip(*vip, w, &mut report)?,
+                None if self.vips.contains_key(vip) => {
+                    report.writes += self.remove_vip(*vip)?;
+                    report.vips_removed += 1;
+                }
+                None => {}
+            }
+        }
+        Ok(report)
+    }
+
     fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, XdpError> {
         flows::maintain(self, idle)
     }

@@ -1,6 +1,11 @@
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
+use kube::ResourceExt;
 use serde_json::json;
 
 use super::*;
+use crate::k8s::objects::{pod_progress, Selection};
 
 fn svc(name: &str, created: &str, spec: serde_json::Value) -> Service {
     let mut spec = spec;
@@ -41,13 +46,14 @@ fn sel() -> Selection {
     Selection { class: DEFAULT_CLASS.into(), default_class: false }
 }
 
-fn run(svcs: &[Service], slices: &[EndpointSlice], pods: &[PartialObjectMeta<Pod>]) -> Computed {
-    compute(
-        &svcs.iter().collect::<Vec<_>>(),
-        &slices.iter().collect::<Vec<_>>(),
-        &pods.iter().collect::<Vec<_>>(),
-        &sel(),
-    )
+fn run(svcs: &[Service], slices: &[EndpointSlice], pods: &[PartialObjectMeta<Pod>]) -> State {
+    let svcs: Vec<ServiceView> = svcs.iter().map(|s| ServiceView::new(s, &sel())).collect();
+    let slices: Vec<SliceView> = slices.iter().map(SliceView::new).collect();
+    let progress: HashMap<(String, String), Option<u32>> =
+        pods.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), pod_progress(p))).collect();
+    State::compute(&svcs.iter().collect::<Vec<_>>(), &slices.iter().collect::<Vec<_>>(), |ns, name| {
+        progress.get(&(ns.to_string(), name.to_string())).copied().flatten()
+    })
 }
 
 fn vip(s: &str) -> Vip {
@@ -68,7 +74,8 @@ fn endpoints_ready_draining_out_and_progress() {
     let got: Vec<(String, bool, Option<u32>)> =
         spec.backends.iter().map(|b| (b.addr.to_string(), b.draining, b.start_progress)).collect();
     assert_eq!(got, vec![("10.0.0.1".into(), false, Some(40)), ("10.0.0.2".into(), true, None)]);
-    assert_eq!(c.pods[&"10.0.0.1".parse::<IpAddr>().unwrap()], ("default".into(), "a".into()));
+    let pod = c.pod_of(&vip("192.0.2.10:80/tcp"), "10.0.0.1".parse().unwrap());
+    assert_eq!(pod, Some(&("default".into(), "a".into())));
     assert!(c.services.values().all(|o| o.problems.is_empty()));
 }
 
@@ -156,4 +163,61 @@ fn class_affinity_ipv6_and_no_endpoints() {
     let lonely = &c.services[&ServiceKey { namespace: "default".into(), name: "lonely".into() }];
     assert_eq!(lonely.problems, vec![ServiceProblem::NoReadyEndpoints]);
     assert!(c.desired.vips[&vip("192.0.2.40:80/tcp")].backends.is_empty());
+}
+
+fn key(n: &str) -> ServiceKey {
+    ServiceKey { namespace: "default".into(), name: n.into() }
+}
+
+/// Updating one Service at a time gives what computing everything at once gives, and
+/// says exactly which VIPs and Services changed.
+#[test]
+fn incremental_updates_match_a_full_compute() {
+    let old = svc("old", "2026-01-01T00:00:00Z", json!({"loadBalancerIP": "192.0.2.10", "ports": [{"port": 80}]}));
+    let new = svc(
+        "new",
+        "2026-02-01T00:00:00Z",
+        json!({"loadBalancerIP": "192.0.2.10", "ports": [{"port": 80}, {"port": 81}]}),
+    );
+    let other = svc("other", "2026-01-01T00:00:00Z", json!({"loadBalancerIP": "192.0.2.20", "ports": [{"port": 80}]}));
+    let mk = |service: &str, addr: &str| slice(service, "IPv4", 80, json!([ep(addr, true, true, false, "p")]));
+    let mut for_new = mk("new", "10.0.0.2");
+    // No port in the slice: the endpoints serve both of "new"'s ports.
+    for_new.ports = None;
+    let slices = [mk("old", "10.0.0.1"), for_new, mk("other", "10.0.0.3")];
+    let view = |s: &Service| ServiceView::new(s, &sel());
+    let sv: Vec<SliceView> = slices.iter().map(SliceView::new).collect();
+    let none = |_: &str, _: &str| None;
+    let mut state = State::default();
+    let mut up = Update::default();
+    state.update(&key("new"), Some(&view(&new)), &[&sv[1]], &none, &mut up);
+    // Alone, "new" owns both of its VIPs.
+    assert_eq!(state.services[&key("new")].vips.len(), 2);
+    state.update(&key("other"), Some(&view(&other)), &[&sv[2]], &none, &mut up);
+    let mut up = Update::default();
+    state.update(&key("old"), Some(&view(&old)), &[&sv[0]], &none, &mut up);
+    // The older Service takes :80 from "new"; "other" is not touched.
+    assert_eq!(up.vips, BTreeSet::from([vip("192.0.2.10:80/tcp")]));
+    assert_eq!(up.services, BTreeSet::from([key("old"), key("new")]));
+    let full = run(&[old.clone(), new.clone(), other.clone()], &slices, &[]);
+    assert_eq!(state.desired, full.desired);
+    assert_eq!(state.services, full.services);
+
+    // An EndpointSlice change touches its VIP and Service only; a repeat touches nothing.
+    let changed = SliceView::new(&mk("other", "10.0.0.9"));
+    let mut up = Update::default();
+    state.update(&key("other"), Some(&view(&other)), &[&changed], &none, &mut up);
+    assert_eq!(up.vips, BTreeSet::from([vip("192.0.2.20:80/tcp")]));
+    assert!(up.services.is_empty(), "the outcome (VIPs, problems) did not change");
+    let mut up = Update::default();
+    state.update(&key("other"), Some(&view(&other)), &[&changed], &none, &mut up);
+    assert!(up.is_empty());
+
+    // Deleting the older Service gives :80 back to "new".
+    let mut up = Update::default();
+    state.update(&key("old"), None, &[], &none, &mut up);
+    assert_eq!(state.desired.vips[&vip("192.0.2.10:80/tcp")].backends[0].addr.to_string(), "10.0.0.2");
+    assert_eq!(up.services, BTreeSet::from([key("old"), key("new")]));
+    assert!(!state.services.contains_key(&key("old")));
+    assert!(state.services[&key("new")].problems.is_empty());
 }

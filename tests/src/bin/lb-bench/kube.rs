@@ -20,15 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
 use kube::{Api, Client};
 use lb_agent::config::XdpModeChoice;
-use lb_agent::k8s::desired::{self, Selection, DEFAULT_CLASS};
+use lb_agent::k8s::desired::{ServiceKey, State, Update, DEFAULT_CLASS};
+use lb_agent::k8s::objects::{EndpointState, Selection, ServiceView, SliceView};
 use lb_agent::model::{Protocol, Vip};
 use lb_common::{VipKey, VipMeta, MAP_VIPS};
 use lb_tests::agent::{Agent, PinnedMaps};
@@ -129,14 +129,17 @@ pub struct KubeBench {
     pub change_cpu_ms: f64,
     pub mem_converged: Mem,
     pub mem_after: Mem,
-    /// In this process: `desired::compute` over (Services, ms per run) sizes.
+    /// In this process: `State::compute` (everything at once) over (Services, ms per run) sizes.
     pub compute: Vec<(usize, Vec<f64>)>,
-    /// In this process: `desired::compute` of each Service with only its own EndpointSlice,
-    /// all Services one after the other (ms): what an indexed or per-Service compute costs.
+    /// In this process: `State::update` of each Service after a change to its EndpointSlice
+    /// (one endpoint draining), all Services one after the other (ms): what the agent
+    /// recomputes per change.
     pub compute_each_ms: f64,
-    /// In this process: the RssAnon the listed Services and EndpointSlices hold (with them
-    /// minus without them, freed memory trimmed both times; KiB).
+    /// In this process: the RssAnon the listed Services and EndpointSlices hold as typed
+    /// objects (with them minus without them, freed memory trimmed both times; KiB).
     pub objects_kib: u64,
+    /// The same, for the agent's projections of them (`ServiceView`, `SliceView`; KiB).
+    pub views_kib: u64,
     /// The listed Services and EndpointSlices as JSON (bytes), and their `managedFields` alone.
     pub objects_json: usize,
     pub managed_fields_json: usize,
@@ -675,14 +678,16 @@ fn trimmed_rss_anon() -> u64 {
         .unwrap_or(0)
 }
 
-/// `desired::compute` over the objects as the API server holds them: for 1,000 and for
-/// all 10,000 Services (with their EndpointSlices), and each Service with only its own
-/// EndpointSlice; and the memory the listed objects take here.
+/// The agent's wanted-state code over the objects as the API server holds them:
+/// `State::compute` for 1,000 and for all 10,000 Services (with their EndpointSlices),
+/// `State::update` per changed Service; and the memory the listed objects take here,
+/// typed and as the agent's projections.
 async fn compute_alone(admin: &Client, b: &mut KubeBench) -> Result<()> {
+    let before = trimmed_rss_anon();
     let mut services = Api::<Service>::namespaced(admin.clone(), NAMESPACE).list(&ListParams::default()).await?.items;
     let mut slices =
         Api::<EndpointSlice>::namespaced(admin.clone(), NAMESPACE).list(&ListParams::default()).await?.items;
-    let with_objects = trimmed_rss_anon();
+    b.objects_kib = trimmed_rss_anon().saturating_sub(before);
     for s in &services {
         b.objects_json += serde_json::to_vec(s)?.len();
         b.managed_fields_json += serde_json::to_vec(&s.metadata.managed_fields)?.len();
@@ -695,36 +700,49 @@ async fn compute_alone(admin: &Client, b: &mut KubeBench) -> Result<()> {
     slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     ensure!(services.len() == SERVICES && slices.len() == SERVICES, "listed {} / {}", services.len(), slices.len());
     let sel = Selection { class: DEFAULT_CLASS.into(), default_class: false };
-    let pods: Vec<&PartialObjectMeta<Pod>> = Vec::new();
+    let before = trimmed_rss_anon();
+    let sviews: Vec<ServiceView> = services.iter().map(|s| ServiceView::new(s, &sel)).collect();
+    let eviews: Vec<SliceView> = slices.iter().map(SliceView::new).collect();
+    b.views_kib = trimmed_rss_anon().saturating_sub(before);
+    drop((services, slices));
+    let none = |_: &str, _: &str| None;
     for n in [1_000, SERVICES] {
-        let s: Vec<&Service> = services[..n].iter().collect();
-        let e: Vec<&EndpointSlice> = slices[..n].iter().collect();
+        let s: Vec<&ServiceView> = sviews[..n].iter().collect();
+        let e: Vec<&SliceView> = eviews[..n].iter().collect();
         let mut ms = Vec::new();
         let begin = Instant::now();
         while ms.len() < 5 && (ms.len() < 2 || begin.elapsed() < Duration::from_secs(20)) {
             let t = Instant::now();
-            let computed = desired::compute(&s, &e, &pods, &sel);
+            let state = State::compute(&s, &e, none);
             ms.push(t.elapsed().as_secs_f64() * 1e3);
-            ensure!(
-                computed.desired.vips.len() == n,
-                "compute gave {} VIPs for {n} Services",
-                computed.desired.vips.len()
-            );
-            let backends: usize = computed.desired.vips.values().map(|v| v.backends.len()).sum();
+            ensure!(state.desired.vips.len() == n, "compute gave {} VIPs for {n} Services", state.desired.vips.len());
+            let backends: usize = state.desired.vips.values().map(|v| v.backends.len()).sum();
             ensure!(backends >= n * (PER_SERVICE - 1), "compute gave {backends} backends for {n} Services");
         }
         b.compute.push((n, ms));
     }
+    // Each Service's slice with its first endpoint draining: a change per Service.
+    let mut state = State::compute(&sviews.iter().collect::<Vec<_>>(), &eviews.iter().collect::<Vec<_>>(), none);
+    let changed: Vec<SliceView> = eviews
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let mut eps = e.endpoints.to_vec();
+            eps[0].state = EndpointState::Draining;
+            e.endpoints = eps.into();
+            e
+        })
+        .collect();
     let t = Instant::now();
-    for (s, e) in services.iter().zip(&slices) {
-        let computed = desired::compute(&[s], &[e], &pods, &sel);
-        ensure!(computed.desired.vips.len() == 1, "compute of one Service gave {} VIPs", computed.desired.vips.len());
-        let backends = computed.desired.vips.values().map(|v| v.backends.len()).sum::<usize>();
-        ensure!(backends >= PER_SERVICE - 1, "compute of one Service gave {backends} backends");
+    let mut vips = 0;
+    for (s, e) in sviews.iter().zip(&changed) {
+        let mut up = Update::default();
+        let key: &ServiceKey = &s.key;
+        state.update(key, Some(s), &[e], &none, &mut up);
+        vips += up.vips.len();
     }
     b.compute_each_ms = t.elapsed().as_secs_f64() * 1e3;
-    drop((services, slices));
-    b.objects_kib = with_objects.saturating_sub(trimmed_rss_anon());
+    ensure!(vips == SERVICES, "{vips} VIPs changed by {SERVICES} single changes");
     Ok(())
 }
 
@@ -984,13 +1002,13 @@ fn latency(d: &mut String, b: &KubeBench) {
     let _ = writeln!(
         d,
         "Pieces of the agent's work, measured in this process with the agent's own code over the same objects \
-         (listed back from the API server): `desired::compute`, the whole wanted state from the caches, over 1,000 \
-         Services and their EndpointSlices {small:.1} ms, over all {} {full:.1} ms ({:.0}× the time for 10× the \
-         objects; median of at least {runs} runs); the same function for each Service with only its own \
-         EndpointSlice, all {} one after the other, {:.1} ms in all ({:.1} µs per Service); one dump of the {} \
-         neighbour entries through the agent's netlink code {:.0} ms. Idle, the agent's 500 ms tick used {:.0} % of a \
-         CPU, i.e. about {:.0} ms of each tick on the agent's one thread: a change that arrives meanwhile waits for \
-         it.\n",
+         (listed back from the API server): `State::compute`, the whole wanted state at once (done at start only), \
+         over 1,000 Services and their EndpointSlices {small:.1} ms, over all {} {full:.1} ms ({:.0}× the time for \
+         10× the objects; median of at least {runs} runs); `State::update`, what the agent recomputes per change \
+         (one Service after a change to its EndpointSlice), for each of the {} Services one after the other, \
+         {:.1} ms in all ({:.1} µs per change); one dump of the {} neighbour entries through the agent's netlink \
+         code {:.0} ms (the agent reads the table on a thread of its own, every 5 s). Idle, the agent used {:.0} % of \
+         a CPU (about {:.0} ms per 500 ms tick).\n",
         count(SERVICES),
         full / small,
         count(SERVICES),
@@ -1022,14 +1040,15 @@ fn memory(d: &mut String, b: &KubeBench) {
         d,
         "\nThe target is judged on the peak (VmHWM) in MB (10^6 bytes). The agent maps only the `TABLES` pages of the \
          VIP it reads or writes, and only meanwhile, so the maps' (kernel) memory is not in these figures. The \
-         agent's caches hold every Service and EndpointSlice as a typed object: the same {} objects, listed in this \
-         process, take {:.0} MiB here (RssAnon with them minus without them, freed memory given back both times); \
-         as JSON they are {:.1} MB, of which {:.1} MB is `managedFields`, which the agent's code never reads \
-         (kube-runtime's `WatchStreamExt::modify` could drop them before they reach the store). The rest is the agent's own state derived from them (the wanted state, ramp, neighbour and data-plane \
-         records per backend, the status last written per Service) and what the allocator keeps of what each pass \
-         over everything allocated and freed.\n",
+         agent keeps a compact projection of each Service and EndpointSlice, made as the object arrives: the same \
+         {} objects, listed in this process, take {:.0} MiB as typed objects and {:.1} MiB as the agent's \
+         projections (RssAnon with them minus without them, freed memory given back both times); as JSON they are \
+         {:.1} MB, of which {:.1} MB is `managedFields`. The rest is the agent's own state derived from them (the \
+         wanted state, ramp, neighbour and data-plane records per backend, the status last written per Service) and \
+         what the allocator keeps of transient allocations.\n",
         count(2 * SERVICES),
         mib(b.objects_kib),
+        mib(b.views_kib),
         b.objects_json as f64 / 1e6,
         b.managed_fields_json as f64 / 1e6
     );
