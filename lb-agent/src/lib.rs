@@ -11,6 +11,7 @@ pub mod explain;
 pub mod inspect;
 pub mod k8s;
 pub mod loader;
+pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

@@ -186,8 +186,11 @@ pub fn spawn_mac_reader(ifindex: u32, every: Duration) -> mpsc::Receiver<Vec<(Ip
             };
             let mut last: HashMap<IpAddr, [u8; 6]> = HashMap::new();
             let mut tick = tokio::time::interval(every);
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
+                if round % TRIM_EVERY_ROUNDS == 1 {
+                    crate::mem::give_back_free_memory();
+                }
                 let now = match nl.neighbours(ifindex).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -210,10 +213,14 @@ pub fn spawn_mac_reader(ifindex: u32, every: Duration) -> mpsc::Receiver<Vec<(Ip
     rx
 }
 
+/// Reads between two `give_back_free_memory` calls (every 30 s at a 5 s period).
+const TRIM_EVERY_ROUNDS: u64 = 6;
+
 /// Which VIPs use each backend: what a MAC change or a backend leaving concerns.
 #[derive(Default)]
 pub struct Users {
-    by_backend: HashMap<IpAddr, Vec<Vip>>,
+    /// How many VIPs use each backend.
+    count: HashMap<IpAddr, u32>,
     by_vip: BTreeMap<Vip, Vec<IpAddr>>,
 }
 
@@ -224,14 +231,14 @@ impl Users {
         let (old_set, new_set): (HashSet<IpAddr>, HashSet<IpAddr>) =
             (old.iter().copied().collect(), backends.iter().copied().collect());
         for a in new_set.difference(&old_set) {
-            self.by_backend.entry(*a).or_default().push(vip);
+            *self.count.entry(*a).or_default() += 1;
         }
         let mut unused = Vec::new();
         for a in old_set.difference(&new_set) {
-            if let Some(list) = self.by_backend.get_mut(a) {
-                list.retain(|v| *v != vip);
-                if list.is_empty() {
-                    self.by_backend.remove(a);
+            if let Some(n) = self.count.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    self.count.remove(a);
                     unused.push(*a);
                 }
             }
@@ -242,8 +249,50 @@ impl Users {
         unused
     }
 
-    /// The VIPs that use `addr`.
-    pub fn vips_of(&self, addr: &IpAddr) -> &[Vip] {
-        self.by_backend.get(addr).map(Vec::as_slice).unwrap_or(&[])
+    /// The VIPs that use any of `addrs`.
+    pub fn vips_using(&self, addrs: &HashSet<IpAddr>) -> Vec<Vip> {
+        if !addrs.iter().any(|a| self.count.contains_key(a)) {
+            return Vec::new();
+        }
+        self.by_vip.iter().filter(|(_, list)| list.iter().any(|a| addrs.contains(a))).map(|(v, _)| *v).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(s: &str) -> Vip {
+        s.parse().unwrap()
+    }
+    fn a(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn users_report_backends_no_vip_uses() {
+        let mut u = Users::default();
+        let (v1, v2) = (vip("192.0.2.1:80/tcp"), vip("192.0.2.1:443/tcp"));
+        assert!(u.set(v1, vec![a(1), a(2)]).is_empty());
+        assert!(u.set(v2, vec![a(2), a(3)]).is_empty());
+        let of = |u: &Users, x: IpAddr| u.vips_using(&HashSet::from([x]));
+        assert_eq!(of(&u, a(2)), vec![v1, v2]);
+        // a(1) leaves v1 and nobody else uses it; a(2) is still v2's.
+        assert_eq!(u.set(v1, vec![a(2)]), vec![a(1)]);
+        let mut gone = u.set(v2, vec![]);
+        gone.sort();
+        assert_eq!(gone, vec![a(3)]);
+        assert_eq!(of(&u, a(2)), vec![v1]);
+        assert_eq!(u.set(v1, vec![]), vec![a(2)]);
+        assert!(of(&u, a(2)).is_empty());
+    }
+
+    #[test]
+    fn vip_addresses_are_found_by_range() {
+        let mut d = Desired::default();
+        d.vips.insert(vip("192.0.2.1:443/udp"), Default::default());
+        assert!(has_vip_on(&d, "192.0.2.1".parse().unwrap()));
+        assert!(!has_vip_on(&d, "192.0.2.2".parse().unwrap()));
+        assert!(!has_vip_on(&d, "192.0.2.0".parse().unwrap()));
     }
 }

@@ -245,7 +245,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         }
         changed.extend(state.services.keys().cloned());
         agent.desired = filter_off_link(state.desired.clone(), &agent.host.link);
-        info!(services = state.services.len(), vips = agent.desired.vips.len(), "caches ready");
+        crate::mem::give_back_free_memory();
+        let rss_mib = crate::mem::rss_mib();
+        info!(services = state.services.len(), vips = agent.desired.vips.len(), rss_mib, "caches ready");
     }
     let result = agent.serve(&opts).await;
     // The program stays attached through its pinned link; dropping our handles is all.
@@ -350,9 +352,8 @@ impl Agent {
                     self.sync_pending(opts).await?;
                 }
                 Some(entries) = self.macs.recv() => {
-                    for addr in self.host.apply_macs(&entries) {
-                        self.pending.vips.extend(self.desired_users(addr));
-                    }
+                    let changed = self.host.apply_macs(&entries);
+                    self.pending.vips.extend(self.desired_users(changed.into_iter().collect()));
                     self.sync_pending(opts).await?;
                 }
                 _ = tick.tick() => {
@@ -365,9 +366,7 @@ impl Agent {
                     if self.host.has_unresolved() {
                         match self.host.check_unresolved().await {
                             Ok(resolved) => {
-                                for addr in resolved {
-                                    self.pending.vips.extend(self.desired_users(addr));
-                                }
+                                self.pending.vips.extend(self.desired_users(resolved.into_iter().collect()));
                             }
                             Err(e) => warn!(error = %e, "looking up unresolved backends"),
                         }
@@ -388,15 +387,15 @@ impl Agent {
         }
     }
 
-    /// The VIPs that use or want backend `addr` (one whose MAC just became known may
-    /// not be in use yet).
-    fn desired_users(&self, addr: IpAddr) -> Vec<Vip> {
-        let mut vips: Vec<Vip> = self.users.vips_of(&addr).to_vec();
-        if vips.is_empty() {
-            vips.extend(
-                self.desired.vips.iter().filter(|(_, s)| s.backends.iter().any(|b| b.addr == addr)).map(|(v, _)| *v),
-            );
+    /// The VIPs that use or want any of the backends `addrs` (one whose MAC just became
+    /// known may not be in use yet).
+    fn desired_users(&self, addrs: std::collections::HashSet<IpAddr>) -> Vec<Vip> {
+        if addrs.is_empty() {
+            return Vec::new();
         }
+        let mut vips = self.users.vips_using(&addrs);
+        let wanting = self.desired.vips.iter().filter(|(_, s)| s.backends.iter().any(|b| addrs.contains(&b.addr)));
+        vips.extend(wanting.map(|(v, _)| *v));
         vips
     }
 
@@ -544,7 +543,8 @@ impl Agent {
         match error {
             None if !v.ready => {
                 v.ready = true;
-                info!("ready: first sync done");
+                crate::mem::give_back_free_memory();
+                info!(rss_mib = crate::mem::rss_mib(), "ready: first sync done");
             }
             None => {}
             Some(e) => {
@@ -617,7 +617,11 @@ impl Agent {
                 })
                 .collect();
             unused.extend(self.users.set(vip, effective.iter().map(|e| e.addr).collect()));
-            progress.extend(effective.into_iter().filter(|e| !e.draining).map(|e| (vip, e)));
+            // Progress labels: only for backends with a pod behind them.
+            if let Source::Kube { state, .. } = &self.source {
+                let with_pod = effective.iter().filter(|e| !e.draining && state.pod_of(&vip, e.addr).is_some());
+                progress.extend(with_pod.map(|e| (vip, *e)));
+            }
             changes.insert(vip, Some(SnapVip { backends, affinity_timeout_s: spec.affinity_timeout_s }));
         }
         log_events(&events);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use crate::model::Vip;
 
 /// One backend as a data plane must program it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SnapBackend {
     pub addr: IpAddr,
     /// Effective weight now (after ramp and drain); 0 takes no new flows.
@@ -36,7 +36,7 @@ impl SnapBackend {
 }
 
 /// One VIP as a data plane must program it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SnapVip {
     pub backends: Vec<SnapBackend>,
     /// Client-address affinity timeout; 0 = no affinity.

@@ -13,9 +13,11 @@ use std::net::IpAddr;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -25,8 +27,10 @@ use super::desired::{ServiceKey, ServiceOutcome, PROGRESS_LABEL};
 use super::watch::KubeSource;
 
 pub const CONDITION_PREFIX: &str = "lb-agent.io/Programmed-";
-/// Status writes in flight at once.
+/// Requests (status writes, Events) in flight at once.
 const IN_FLIGHT: usize = 8;
+/// Services handled at a time in a burst.
+const CHUNK: usize = 256;
 
 /// How this host's data plane is doing, for the condition's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,9 +65,17 @@ impl ReportSender {
     }
 }
 
+/// An Event's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
 struct KubeReporter {
     client: Client,
-    recorder: Recorder,
+    /// Events published so far (their names must be unique).
+    events_sent: std::sync::atomic::AtomicU64,
     source: KubeSource,
     host_name: String,
     host: HostState,
@@ -87,10 +99,9 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Starts the reporter task.
 pub fn spawn(client: Client, host: &str, source: KubeSource, mode: String) -> ReportSender {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
-    let reporter = Reporter { controller: "lb-agent".into(), instance: Some(host.into()) };
     let mut r = KubeReporter {
-        recorder: Recorder::new(client.clone(), reporter),
         client,
+        events_sent: std::sync::atomic::AtomicU64::new(0),
         source,
         host_name: host.into(),
         host: HostState { mode, error: None },
@@ -173,65 +184,119 @@ impl KubeReporter {
         format!("{CONDITION_PREFIX}{}", self.host_name)
     }
 
+    /// Publishes an Event (events.k8s.io/v1) on a Service. Each is created as it is:
+    /// the reporter only publishes what is new (a problem not reported before, a state
+    /// change), so no cache of past Events is kept for folding repeats into series.
     async fn event(&self, key: &ServiceKey, type_: EventType, reason: &str, note: String) {
-        let Some(reference) = self.source.object_ref(key) else { return };
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Program".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            warn!(service = %key, error = %e, "publishing an Event");
+        let Some(regarding) = self.source.object_ref(key) else { return };
+        let now = Timestamp::now();
+        let n = self.events_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ev = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}.{n:x}", key.name, now.as_nanosecond())),
+                namespace: Some(key.namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some("Program".into()),
+            reason: Some(reason.into()),
+            note: Some(note),
+            regarding: Some(regarding),
+            reporting_controller: Some("lb-agent".into()),
+            reporting_instance: Some(self.host_name.clone()),
+            type_: Some(match type_ {
+                EventType::Normal => "Normal".into(),
+                EventType::Warning => "Warning".into(),
+            }),
+            ..Default::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            warn!(service = %key, reason, error = %e, "publishing an Event");
         }
     }
 
     /// Writes status and conditions, and publishes Events for new problems and for
-    /// Services that became programmed.
+    /// Services that became programmed: `CHUNK` Services at a time, `IN_FLIGHT` requests
+    /// at once, so a burst (every Service at start) never holds every body in memory.
     async fn statuses(&mut self, keys: BTreeSet<ServiceKey>) {
-        let mut writes = Vec::new();
-        for key in keys {
-            let Some(outcome) = self.outcomes.get(&key).cloned() else { continue };
-            for p in &outcome.problems {
-                if self.reported.insert((key.clone(), p.to_string())) {
-                    self.event(&key, EventType::Warning, p.reason(), p.to_string()).await;
-                }
+        let started = std::time::Instant::now();
+        let (total, mut written, mut published) = (keys.len(), 0, 0);
+        let keys: Vec<ServiceKey> = keys.into_iter().collect();
+        for chunk in keys.chunks(CHUNK) {
+            let mut writes = Vec::new();
+            let mut events = Vec::new();
+            for key in chunk {
+                self.status(key, &mut writes, &mut events);
             }
-            let host = &self.host;
-            let ok = !outcome.vips.is_empty() && host.error.is_none();
-            let (reason, message) = match (&host.error, outcome.problems.first()) {
-                (Some(e), _) => ("SyncFailed", format!("{}: {e}", host.mode)),
-                (None, _) if outcome.vips.is_empty() => {
-                    ("NotProgrammed", outcome.problems.first().map(|p| p.to_string()).unwrap_or_default())
+            published += events.len();
+            let this = &*self;
+            futures::stream::iter(events)
+                .for_each_concurrent(IN_FLIGHT, |(key, type_, reason, note)| async move {
+                    this.event(&key, type_, reason, note).await
+                })
+                .await;
+            let results: Vec<(ServiceKey, u64, bool)> = futures::stream::iter(writes)
+                .map(|(key, body, hash)| async move {
+                    let ok = this.patch(&key, &body).await;
+                    (key, hash, ok)
+                })
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
+            for (key, hash, ok) in results {
+                if ok {
+                    written += 1;
+                    self.written.insert(key, hash);
+                } else {
+                    self.written.remove(&key);
+                    self.failed.insert(key);
                 }
-                (None, Some(p)) => ("PartlyProgrammed", format!("{} ({} VIPs); {p}", host.mode, outcome.vips.len())),
-                (None, None) => ("Programmed", format!("{} ({} VIPs)", host.mode, outcome.vips.len())),
-            };
-            if ok && self.programmed.insert(key.clone()) {
-                let vips: Vec<String> = outcome.vips.iter().map(ToString::to_string).collect();
-                let note = format!("{}: {}", self.host.mode, vips.join(", "));
-                self.event(&key, EventType::Normal, "Programmed", note).await;
-            } else if !ok {
-                self.programmed.remove(&key);
-            }
-            let ingress = if outcome.vips.is_empty() { None } else { outcome.address };
-            let body = self.status_body(&key, ingress, ok, reason, &message);
-            let hash = hash_of(&body);
-            if self.written.get(&key) != Some(&hash) {
-                writes.push((key, body, hash));
             }
         }
-        let this = &*self;
-        let results: Vec<(ServiceKey, u64, bool)> = futures::stream::iter(writes)
-            .map(|(key, body, hash)| async move {
-                let ok = this.patch(&key, &body).await;
-                (key, hash, ok)
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        for (key, hash, ok) in results {
-            if ok {
-                self.written.insert(key, hash);
-            } else {
-                self.written.remove(&key);
-                self.failed.insert(key);
+        if total >= CHUNK {
+            let seconds = started.elapsed().as_secs_f64();
+            crate::mem::give_back_free_memory();
+            let rss_mib = crate::mem::rss_mib();
+            info!(services = total, written, events = published, seconds, rss_mib, "Service statuses written");
+        }
+    }
+
+    /// One Service's status body (when it changed) and Events.
+    fn status(
+        &mut self,
+        key: &ServiceKey,
+        writes: &mut Vec<(ServiceKey, Value, u64)>,
+        events: &mut Vec<(ServiceKey, EventType, &'static str, String)>,
+    ) {
+        let Some(outcome) = self.outcomes.get(key).cloned() else { return };
+        for p in &outcome.problems {
+            if self.reported.insert((key.clone(), p.to_string())) {
+                events.push((key.clone(), EventType::Warning, p.reason(), p.to_string()));
             }
+        }
+        let host = &self.host;
+        let ok = !outcome.vips.is_empty() && host.error.is_none();
+        let (reason, message) = match (&host.error, outcome.problems.first()) {
+            (Some(e), _) => ("SyncFailed", format!("{}: {e}", host.mode)),
+            (None, _) if outcome.vips.is_empty() => {
+                ("NotProgrammed", outcome.problems.first().map(|p| p.to_string()).unwrap_or_default())
+            }
+            (None, Some(p)) => ("PartlyProgrammed", format!("{} ({} VIPs); {p}", host.mode, outcome.vips.len())),
+            (None, None) => ("Programmed", format!("{} ({} VIPs)", host.mode, outcome.vips.len())),
+        };
+        if ok && self.programmed.insert(key.clone()) {
+            let vips: Vec<String> = outcome.vips.iter().map(ToString::to_string).collect();
+            let note = format!("{}: {}", self.host.mode, vips.join(", "));
+            events.push((key.clone(), EventType::Normal, "Programmed", note));
+        } else if !ok {
+            self.programmed.remove(key);
+        }
+        let ingress = if outcome.vips.is_empty() { None } else { outcome.address };
+        let body = self.status_body(key, ingress, ok, reason, &message);
+        let hash = hash_of(&body);
+        if self.written.get(key) != Some(&hash) {
+            writes.push((key.clone(), body, hash));
         }
     }
 

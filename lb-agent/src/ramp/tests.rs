@@ -102,3 +102,25 @@ fn effective_weights() {
     assert_eq!(effective_weight(7, 0), 0);
     assert_eq!(effective_weight(65_535, 100), 65_535);
 }
+
+#[test]
+fn busy_vips_are_those_ramping_or_draining() {
+    let mut r = Ramp::default();
+    let mut ev = vec![];
+    let d = DrainPolicy { min_drain: Duration::from_secs(0), timeout: Duration::from_secs(300) };
+    let p = RampPolicy { step: 50, interval: Duration::from_secs(10) };
+    r.advance_vip(&vip(), &p, &[w(1, 10)], &d, 0, &|_, _| None, &mut ev);
+    assert!(!r.busy(), "a new VIP starts at full weight");
+    r.advance_vip(&vip(), &p, &[w(1, 10), w(2, 10)], &d, 1, &|_, _| None, &mut ev);
+    assert_eq!(r.busy_vips().iter().collect::<Vec<_>>(), vec![&vip()]);
+    r.advance_vip(&vip(), &p, &[w(1, 10), w(2, 10)], &d, 20 * S + 1, &|_, _| None, &mut ev);
+    assert!(!r.busy(), "ramp finished");
+    // Backend 2 leaves: draining until its flows are gone.
+    r.advance_vip(&vip(), &p, &[w(1, 10)], &d, 21 * S, &|_, _| Some(3), &mut ev);
+    assert!(r.busy());
+    let out = r.advance_vip(&vip(), &p, &[w(1, 10)], &d, 22 * S, &|_, _| Some(0), &mut ev);
+    assert_eq!(out.len(), 1);
+    assert!(!r.busy());
+    r.remove_vip(&vip());
+    assert_eq!(r.vips().count(), 0);
+}

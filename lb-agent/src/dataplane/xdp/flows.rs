@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use lb_common::{hash, maglev, FlowKey, FlowValue, TableEntry, FLOW_F_CLOSING, VIP_F_AFFINITY};
+use lb_common::{hash, maglev, FlowKey, FlowValue, TableEntry, BACKEND_F_DRAINING, FLOW_F_CLOSING, VIP_F_AFFINITY};
 
 use super::{XdpDataplane, XdpError};
 use crate::dataplane::Maintenance;
@@ -30,11 +30,10 @@ pub(super) fn maintain(dp: &mut XdpDataplane, idle: Duration) -> Result<Maintena
         .vips
         .iter()
         .flat_map(|(vip, s)| {
-            s.applied
+            s.backends
                 .iter()
-                .flat_map(|a| a.backends.iter())
-                .filter(|b| b.draining)
-                .map(move |b| (*vip, b.addr, s.backends[&b.addr].id))
+                .filter(|(_, b)| b.written.flags & BACKEND_F_DRAINING != 0)
+                .map(move |(addr, b)| (*vip, *addr, b.id))
         })
         .collect();
     let now = Instant::now();
