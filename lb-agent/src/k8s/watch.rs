@@ -317,3 +317,48 @@ impl KubeSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn slice(name: &str, service: &str, addr: &str) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [addr]}]
+        }))
+        .unwrap()
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey { namespace: "ns".into(), name: name.into() }
+    }
+
+    fn set(c: &mut Cache, s: &EndpointSlice) {
+        let sel = Selection { class: "x".into(), default_class: false };
+        let (k, v) = Slices::project(s, &sel);
+        Slices::set(c, k, Some(v));
+    }
+
+    #[test]
+    fn slice_events_mark_exactly_the_services_they_concern() {
+        let mut c = Cache::default();
+        set(&mut c, &slice("a-1", "a", "10.0.0.1"));
+        assert_eq!(c.take_dirty(), BTreeSet::from([key("a")]));
+        assert_eq!(c.slices_of(&key("a")).len(), 1);
+        // The same content again (a resync, a status write elsewhere): nothing to do.
+        set(&mut c, &slice("a-1", "a", "10.0.0.1"));
+        assert!(c.take_dirty().is_empty());
+        // The slice moves to another Service: both are marked, the index follows.
+        set(&mut c, &slice("a-1", "b", "10.0.0.1"));
+        assert_eq!(c.take_dirty(), BTreeSet::from([key("a"), key("b")]));
+        assert!(c.slices_of(&key("a")).is_empty());
+        assert_eq!(c.slices_of(&key("b")).len(), 1);
+        // Deleted.
+        Slices::set(&mut c, ("ns".into(), "a-1".into()), None);
+        assert_eq!(c.take_dirty(), BTreeSet::from([key("b")]));
+        assert!(c.slices_of(&key("b")).is_empty());
+    }
+}

@@ -32,12 +32,6 @@ fn count(n: u64) -> String {
     out
 }
 
-/// `s` with its first letter in lower case.
-fn decap(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
-}
-
 fn ms3(s: &Summary, digits: usize) -> String {
     format!("{:.d$} | {:.d$} | {:.d$}", s.min, s.median, s.max, d = digits)
 }
