@@ -21,7 +21,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::desired::{ServiceKey, ServiceOutcome, PROGRESS_LABEL};
 use super::watch::KubeSource;
@@ -355,6 +355,7 @@ impl KubeReporter {
     /// Writes each backend pod's ramp progress to its `progress` label when it differs.
     async fn progress(&mut self, list: BTreeMap<IpAddr, ((String, String), u32)>) {
         let mut done = BTreeSet::new();
+        let mut writes = Vec::new();
         for (addr, ((ns, name), progress)) in list {
             if self.progress_seen.get(&addr) == Some(&progress) || !done.insert((ns.clone(), name.clone())) {
                 continue;
@@ -363,15 +364,37 @@ impl KubeReporter {
                 self.progress_seen.insert(addr, progress);
                 continue;
             }
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-            let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: progress.to_string()}}});
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    self.progress_seen.insert(addr, progress);
-                    info!(pod = %format!("{ns}/{name}"), progress, "progress label written")
-                }
-                Err(err) => warn!(pod = %format!("{ns}/{name}"), error = %err, "writing the progress label"),
-            }
+            writes.push((addr, ns, name, progress));
+        }
+        let client = &self.client;
+        let results: Vec<(IpAddr, u32, bool)> = futures::stream::iter(writes)
+            .map(|(addr, ns, name, progress)| async move {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: progress.to_string()}}});
+                let ok = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(_) => {
+                        debug!(pod = %format!("{ns}/{name}"), progress, "progress label written");
+                        true
+                    }
+                    Err(err) => {
+                        warn!(pod = %format!("{ns}/{name}"), error = %err, "writing the progress label");
+                        false
+                    }
+                };
+                (addr, progress, ok)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let mut values = BTreeSet::new();
+        let mut pods = 0;
+        for (addr, progress, _) in results.into_iter().filter(|(_, _, ok)| *ok) {
+            self.progress_seen.insert(addr, progress);
+            values.insert(progress);
+            pods += 1;
+        }
+        if pods > 0 {
+            info!(pods, progress = ?values, "progress labels written");
         }
     }
 }

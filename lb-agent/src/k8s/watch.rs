@@ -169,8 +169,8 @@ impl Kind for Slices {
     }
 }
 
-/// Pods only give a new backend its starting progress: a label change marks nothing
-/// (a backend that exists keeps its ramp).
+/// Pods (those with a `progress` label) only give a new backend its starting progress:
+/// a label change marks nothing (a backend that exists keeps its ramp).
 struct Pods;
 impl Kind for Pods {
     type Object = PartialObjectMeta<Pod>;
@@ -277,8 +277,11 @@ impl KubeSource {
         spawn_watch::<Services>(watcher(api::<Service>(client, ns), svc_cfg), sel.clone(), shared.clone());
         let slices = watcher(api::<EndpointSlice>(client, ns), watcher::Config::default());
         spawn_watch::<Slices>(slices, sel.clone(), shared.clone());
-        // Metadata only: labels are all we need of pods.
-        let pods = watcher(api::<PartialObjectMeta<Pod>>(client, ns), watcher::Config::default());
+        // Metadata only, and only pods that carry a `progress` label: the label is all the
+        // agent reads of pods, so the rest of the cluster's pods are never sent to it. A
+        // pod whose label is removed leaves the watch (a delete here).
+        let pod_cfg = watcher::Config::default().labels(super::desired::PROGRESS_LABEL);
+        let pods = watcher(api::<PartialObjectMeta<Pod>>(client, ns), pod_cfg);
         spawn_watch::<Pods>(pods, sel, shared.clone());
         KubeSource { shared }
     }
