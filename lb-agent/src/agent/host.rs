@@ -15,6 +15,9 @@ use tracing::{info, warn};
 use crate::model::{Desired, Vip};
 use crate::netlink::{Link, Netlink, NetlinkError};
 
+/// Individual neighbour look-ups per check of unresolved backends (one request each).
+const LOOKUPS_PER_CHECK: usize = 256;
+
 pub struct Host {
     pub nl: Netlink,
     pub link: Link,
@@ -116,11 +119,13 @@ impl Host {
         Ok(())
     }
 
-    /// Looks the backends still waiting for their MAC up one by one; returns those that
-    /// resolved.
+    /// Looks the backends still waiting for their MAC up one by one (at most
+    /// `LOOKUPS_PER_CHECK` of them: more wait for the next read of the whole table);
+    /// returns those that resolved.
     pub async fn check_unresolved(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
         let mut resolved = Vec::new();
-        for addr in self.unresolved.clone() {
+        let some: Vec<IpAddr> = self.unresolved.iter().take(LOOKUPS_PER_CHECK).copied().collect();
+        for addr in some {
             if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
                 self.last_mac.insert(addr, mac);
                 self.unresolved.remove(&addr);
