@@ -22,6 +22,8 @@ mod report;
 mod scale;
 #[path = "lb-bench/scale_report.rs"]
 mod scale_report;
+#[path = "lb-bench/section.rs"]
+mod section;
 #[path = "lb-bench/stats.rs"]
 mod stats;
 #[path = "lb-bench/xdp.rs"]

@@ -32,6 +32,8 @@ use lb_agent::k8s::objects::{EndpointState, Selection, ServiceView, SliceView};
 use lb_agent::model::{Protocol, Vip};
 use lb_common::{VipKey, VipMeta, MAP_VIPS};
 use lb_tests::agent::{Agent, PinnedMaps};
+
+use crate::section::{count, date, loadavg, mib, online_cpus, targets, yes};
 use lb_tests::kube::{ApiServer, K8S_RELEASE};
 use lb_tests::lab::Lab;
 use lb_tests::netns::ip;
@@ -459,16 +461,6 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.min(s.len()) - 1]
 }
 
-fn date() -> String {
-    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
-fn loadavg() -> String {
-    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
 /// Why this machine cannot run the Kubernetes benchmark, if it cannot.
 pub fn unavailable() -> Option<String> {
     if let Some(why) = lb_tests::unavailable() {
@@ -776,29 +768,12 @@ async fn neighbour_dumps() -> Result<Vec<f64>> {
 
 // ---- The section of BENCHMARKS.md ----
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
 fn median(v: &[f64]) -> f64 {
     percentile(v, 50.0)
-}
-
-/// Thousands separated by commas.
-fn count(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn totals(b: &KubeBench) -> Vec<f64> {
@@ -824,12 +799,6 @@ pub fn verdicts(b: &KubeBench) -> Vec<(String, bool)> {
     ]
 }
 
-/// CPUs online (not this thread's affinity: the main thread is pinned to one).
-fn online_cpus() -> i64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1)
-}
-
 /// The section, from its heading to just before the next one.
 pub fn section(b: &KubeBench, quick: bool, kube_only: bool) -> String {
     let mut d = format!("{HEADING}\n\n");
@@ -852,11 +821,7 @@ pub fn section(b: &KubeBench, quick: bool, kube_only: bool) -> String {
     convergence(&mut d, b);
     latency(&mut d, b);
     memory(&mut d, b);
-    d.push_str("Targets:\n\n");
-    for (what, met) in verdicts(b) {
-        let _ = writeln!(d, "* {what} — {}", if met { "met" } else { "**NOT met**" });
-    }
-    d.push('\n');
+    targets(&mut d, verdicts(b));
     d
 }
 
@@ -934,17 +899,9 @@ fn results(d: &mut String, b: &KubeBench) {
     let _ = writeln!(d, "| … of which until `VIPS` held every VIP | {:.1} s | — | — |", b.maps_full_s);
     let _ = writeln!(d, "| Change → map update, p50 ({} changes) | {:.1} ms | — | — |", t.len(), median(&t));
     let p99 = percentile(&t, 99.0);
-    let _ = writeln!(
-        d,
-        "| Change → map update, p99 | {p99:.1} ms | ≤ {P99_MS:.0} ms | {} |",
-        if p99 <= P99_MS { "yes" } else { "**NO**" }
-    );
+    let _ = writeln!(d, "| Change → map update, p99 | {p99:.1} ms | ≤ {P99_MS:.0} ms | {} |", yes(p99 <= P99_MS));
     let _ = writeln!(d, "| Change → map update, max | {:.1} ms | — | — |", percentile(&t, 100.0));
-    let _ = writeln!(
-        d,
-        "| Agent peak RSS (VmHWM) | {peak:.1} MB | ≤ {RSS_MB:.0} MB | {} |",
-        if peak <= RSS_MB { "yes" } else { "**NO**" }
-    );
+    let _ = writeln!(d, "| Agent peak RSS (VmHWM) | {peak:.1} MB | ≤ {RSS_MB:.0} MB | {} |", yes(peak <= RSS_MB));
     d.push('\n');
 }
 

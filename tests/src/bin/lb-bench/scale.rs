@@ -17,6 +17,7 @@ use lb_common::maglev::{self, Member};
 use lb_common::{TableEntry, NO_BACKEND, TABLE_HALVES};
 
 use crate::memory::{self, MapMem, Status};
+use crate::section::{date, loadavg};
 use crate::stats::Summary;
 use crate::Plan;
 
@@ -135,16 +136,6 @@ pub struct Scale {
 struct Loaded {
     dp: XdpDataplane,
     _ebpf: Ebpf,
-}
-
-fn date() -> String {
-    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
-fn loadavg() -> String {
-    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Every figure of the scale benchmark.

@@ -3,34 +3,10 @@
 use std::fmt::Write;
 
 use crate::scale::{self, Scale, CHANGE_MS, FULL_SYNC_MS, MAX_BACKENDS, MAX_FLOWS, PER_VIP, RSS_MIB, TABLE_SIZE, VIPS};
+use crate::section::{count, mib, online_cpus, targets, yes};
 use crate::stats::Summary;
 
 pub const HEADING: &str = "## Control-plane scale";
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn yes(met: bool) -> &'static str {
-    if met {
-        "yes"
-    } else {
-        "**NO**"
-    }
-}
-
-/// Thousands separated by commas.
-fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 fn ms3(s: &Summary, digits: usize) -> String {
     format!("{:.d$} | {:.d$} | {:.d$}", s.min, s.median, s.max, d = digits)
@@ -91,11 +67,7 @@ pub fn section(s: &Scale, quick: bool, scale_only: bool) -> String {
     results(&mut d, s);
     breakdown(&mut d, s);
     memory(&mut d, s);
-    d.push_str("Targets:\n\n");
-    for (what, met) in verdicts(s) {
-        let _ = writeln!(d, "* {what} — {}", if met { "met" } else { "**NOT met**" });
-    }
-    d.push('\n');
+    targets(&mut d, verdicts(s));
     d
 }
 
@@ -106,10 +78,10 @@ fn method(d: &mut String, s: &Scale) {
         "* **Input**: {} IPv4 TCP VIPs ({} … {}), {PER_VIP} backends each ({} distinct addresses from 172.16.0.0, \
          each with a MAC, weights 1–10 in a different order per VIP), one `Snapshot` (building it took {:.0} ms; the \
          agent builds its own every tick, which is not measured here).",
-        count(VIPS.into()),
+        count(VIPS),
         scale::vip(0),
         scale::vip(VIPS - 1),
-        count((VIPS * PER_VIP).into()),
+        count(VIPS * PER_VIP),
         s.snapshot_ms
     );
     let _ = writeln!(
@@ -121,10 +93,10 @@ fn method(d: &mut String, s: &Scale) {
          `TABLES` is then {} × 2 halves × {TABLE_SIZE} slots × 8 bytes = {} bytes ({:.1} MiB). `max_backends` \
          leaves room for the added backends above the {} in use. Loading took {:.0} ms (median; not part of \
          `apply`).",
-        count(VIPS.into()),
+        count(VIPS),
         count(tables),
         tables as f64 / 1048576.0,
-        count((VIPS * PER_VIP).into()),
+        count(VIPS * PER_VIP),
         s.sync.load_ms.median
     );
     let _ = writeln!(
@@ -143,7 +115,7 @@ fn method(d: &mut String, s: &Scale) {
          agent's start, a reload, the pass after a failed one), asserted to write nothing; one more, before the \
          first change, is not kept.",
         s.repetitions,
-        count(VIPS.into()),
+        count(VIPS),
     );
     d.push_str(
         "* **Writes** are `ApplyReport::writes`: map entries written with a `bpf()` syscall each, plus table \
@@ -158,7 +130,7 @@ fn results(d: &mut String, s: &Scale) {
     let _ = writeln!(
         d,
         "| Full sync, {} VIPs × {PER_VIP} backends | {} rounds, fresh maps | {} | {} | ≤ {} ms | {} |",
-        count(VIPS.into()),
+        count(VIPS),
         s.rounds,
         ms3(&sync.apply_ms, 1),
         count(sync.writes as u64),
@@ -212,7 +184,7 @@ fn breakdown(d: &mut String, s: &Scale) {
         count((u64::from(VIPS) * u64::from(TABLE_SIZE)).saturating_sub(sync.table_slots as u64)),
         count(entries as u64),
         entries as f64 / VIPS as f64,
-        count(VIPS.into()),
+        count(VIPS),
         s.maglev_ms.samples,
         maglev * 1e3 / VIPS as f64,
         100.0 * maglev / wall,
@@ -228,7 +200,7 @@ fn breakdown(d: &mut String, s: &Scale) {
          unchanged snapshot costs {base:.3} ms (median; the first one right after the full sync, not in the table, \
          took {:.3} ms): comparing each VIP's input digest with the one applied last, nothing else.",
         s.maglev_ms.median * 1e3 / VIPS as f64,
-        count((VIPS - 1).into()),
+        count(VIPS - 1),
         s.warmup_ms,
     );
     d.push_str(
@@ -329,14 +301,8 @@ fn rss_cause(d: &mut String, s: &Scale) {
          below stay kernel memory, charged to the agent's memory cgroup either way (kernel 5.11 and later). To \
          shrink that memory itself, size `--max-vips` to what is used (the tables are allocated for every possible \
          VIP up front), or give each VIP a table sized to its own backends instead of one `--table-size` for all.\n",
-        count(VIPS.into())
+        count(VIPS)
     );
-}
-
-/// The online CPUs (the measuring thread is pinned, so not `available_parallelism`).
-fn online_cpus() -> i64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
 }
 
 /// The possible CPUs (what per-CPU maps are sized by).
