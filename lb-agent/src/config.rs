@@ -41,6 +41,8 @@ pub struct RawVip {
     pub ramp_interval: Option<String>,
     pub session_affinity: Option<String>,
     pub affinity_timeout: Option<String>,
+    /// Allowed client ranges (CIDRs), as written.
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +80,10 @@ pub enum Problem {
     Duration,
     #[error("must be ClientIP or None")]
     Affinity,
+    #[error("must be a CIDR such as 198.51.100.0/24 or 2001:db8::/32")]
+    SourceRange,
+    #[error("an IPv{range} range cannot admit clients of an IPv{vip} VIP")]
+    RangeFamily { vip: u8, range: u8 },
     #[error("must be a prime of at least 3 (Maglev needs every skip to visit every slot)")]
     NotPrime,
     #[error("must be at least 1")]
@@ -145,6 +151,8 @@ pub struct FileVip {
     pub ramp_interval: Option<toml::Value>,
     pub session_affinity: Option<toml::Value>,
     pub affinity_timeout: Option<toml::Value>,
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +221,7 @@ impl FileConfig {
                 ramp_interval: v.ramp_interval.as_ref().map(text),
                 session_affinity: v.session_affinity.as_ref().map(text),
                 affinity_timeout: v.affinity_timeout.as_ref().map(text),
+                source_ranges: v.source_ranges.clone(),
             })
             .collect()
     }
@@ -322,7 +331,36 @@ pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
         backends.push(BackendSpec { addr, weight, start_progress, draining: b.draining });
     }
     let (ramp, affinity_timeout_s) = vip_settings(raw)?;
-    Ok((vip, VipSpec { backends, ramp, affinity_timeout_s }))
+    let field = raw.origin.replace(".address", ".source_ranges");
+    let source_ranges = parse_source_ranges(&field, vip.addr, &raw.source_ranges)?;
+    Ok((vip, VipSpec { backends, ramp, affinity_timeout_s, source_ranges }))
+}
+
+/// Parses allowed client ranges (`198.51.100.0/24`; a bare address is a single host),
+/// of the VIP's family. Host bits are cleared.
+pub fn parse_source_ranges(field: &str, vip: IpAddr, ranges: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
+    let fam = |v4: bool| if v4 { 4 } else { 6 };
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let text = r.trim();
+        let net = match text.parse::<ipnet::IpNet>() {
+            Ok(n) => n,
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(a) => ipnet::IpNet::from(a),
+                Err(_) => return Err(FieldError::new(field, r, Problem::SourceRange)),
+            },
+        };
+        if net.addr().is_ipv4() != vip.is_ipv4() {
+            let problem = Problem::RangeFamily { vip: fam(vip.is_ipv4()), range: fam(net.addr().is_ipv4()) };
+            return Err(FieldError::new(field, r, problem));
+        }
+        let net = net.trunc();
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Validates every VIP. Returns the valid ones and an error for each invalid one, so

@@ -4,10 +4,11 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use aya::maps::lpm_trie::Key;
 use aya::maps::MapError;
 use lb_common::{
-    hash, maglev, Backend, FlowKey, TableEntry, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, NO_BACKEND,
-    VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
+    hash, maglev, Backend, FlowKey, FlowValue, SrcRangeKey, TableEntry, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING,
+    FLOW_F_MOVED, NO_BACKEND, SRC_RANGE_FULL_PREFIX, VIP_F_AFFINITY, VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
 };
 
 use crate::dataplane::xdp::monotonic_coarse_ns;
@@ -21,6 +22,7 @@ pub struct Query {
     pub src_port: u16,
     pub vip: Vip,
     /// Explain the first packet (a TCP SYN) rather than a packet of an established flow.
+    /// (Every UDP packet without a pin of its own is a first packet.)
     pub syn: bool,
 }
 
@@ -30,6 +32,11 @@ pub enum Reason {
     NotAVip,
     /// The VIP has no backend that can take the packet.
     NoBackend,
+    /// The client is outside the VIP's source ranges: dropped.
+    SourceRange,
+    /// Affinity: the client was re-pinned, and this connection from before goes on to
+    /// the backend it had.
+    BeforeMove,
     /// The slot is stable: its backend, without a flow-table lookup.
     Stable,
     /// The slot changed and the flow is pinned in the flow table.
@@ -56,24 +63,35 @@ impl Explanation {
     }
 }
 
-/// Mirrors `lb-ebpf`'s `select`.
+/// A pin as the kernel finds it: `FLOWS` first, then `FLOWS_NEW`.
+fn find_pin(maps: &Maps, key: &FlowKey) -> Result<Option<FlowValue>, MapError> {
+    for table in [&maps.flows, &maps.flows_new] {
+        match table.get(key, 0) {
+            Ok(v) => return Ok(Some(v)),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Mirrors `lb-ebpf`'s `vip` and `select` for a TCP or UDP packet of a client.
 pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapError> {
     let meta: VipMeta = match maps.vips.get(&q.vip.key(), 0) {
         Ok(m) => m,
         Err(MapError::KeyNotFound) => return Ok(Explanation::none(Reason::NotAVip, None)),
         Err(e) => return Err(e),
     };
+    if meta.flags & VIP_F_SOURCE_RANGES != 0 && !source_allowed(maps, meta.id, q.src)? {
+        return Ok(Explanation::none(Reason::SourceRange, Some(meta.id)));
+    }
     if meta.flags & VIP_F_NO_BACKENDS != 0 {
         return Ok(Explanation::none(Reason::NoBackend, Some(meta.id)));
     }
     let affinity = meta.flags & VIP_F_AFFINITY != 0;
     let (s, d) = (hash::addr_words(&addr_bytes(q.src)), hash::addr_words(&addr_bytes(q.vip.addr)));
     let ports = hash::vip_ports_word(affinity, q.src_port.to_be(), q.vip.port.to_be());
-    let h = if family(q.vip.addr) == lb_common::FAMILY_V4 {
-        hash::flow_hash_v4(s[0], d[0], ports, q.vip.proto.number(), seed)
-    } else {
-        hash::flow_hash_v6(&s, &d, ports, q.vip.proto.number(), seed)
-    };
+    let h = hash::flow_hash_words(family(q.vip.addr), &s, &d, ports, q.vip.proto.number(), seed);
     let slot = maglev::slot_of(h, maps.tables.table_size());
     let entry = maps.tables.get(meta.id, meta.half, slot)?;
     let active = |id: u32| -> Result<Option<Backend>, MapError> {
@@ -83,35 +101,42 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
         let b = maps.backends.get(&id, 0)?;
         Ok((b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.id).then_some(b))
     };
-    let (id, reason) = if entry.backend == entry.prev && !affinity {
+    let usable = |v: &FlowValue, timeout: u32, syn: bool| -> Result<bool, MapError> {
+        let b = active(v.backend)?;
+        let pin = maglev::Pin {
+            active: b.is_some(),
+            draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
+            age_ns: monotonic_coarse_ns().saturating_sub(v.last_seen_ns),
+        };
+        Ok(maglev::pin_usable(timeout, syn, &pin))
+    };
+    let udp = q.vip.proto == Protocol::Udp;
+    let tcp = !udp;
+    let conn = FlowKey { src_addr: addr_bytes(q.src), vip_id: meta.id, src_port_be: q.src_port.to_be(), _pad: 0 };
+    let (id, reason) = if entry.backend == entry.prev && !affinity && !udp {
         (entry.backend, Reason::Stable)
     } else {
-        let src_port_be = if affinity { 0 } else { q.src_port.to_be() };
-        let key = FlowKey { src_addr: addr_bytes(q.src), vip_id: meta.id, src_port_be, _pad: 0 };
-        let timeout = if affinity { meta.affinity_timeout_s } else { 0 };
-        let pinned = if !affinity && q.syn {
-            None
+        // A flow's own pin (UDP, established TCP), then for affinity the client's pin.
+        let own =
+            if q.syn && tcp { None } else { find_pin(maps, &conn)?.filter(|v| usable(v, 0, false).unwrap_or(false)) };
+        let first = q.syn || udp;
+        let client = if affinity {
+            find_pin(maps, &FlowKey { src_port_be: 0, ..conn })?
+                .filter(|v| usable(v, meta.affinity_timeout_s, first).unwrap_or(false))
         } else {
-            match maps.flows.get(&key, 0) {
-                Ok(v) => {
-                    let b = active(v.backend)?;
-                    let pin = maglev::Pin {
-                        active: b.is_some(),
-                        draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
-                        age_ns: monotonic_coarse_ns().saturating_sub(v.last_seen_ns),
-                    };
-                    maglev::pin_usable(timeout, q.syn, &pin).then_some(v.backend)
-                }
-                Err(MapError::KeyNotFound) => None,
-                Err(e) => return Err(e),
-            }
+            None
         };
-        match pinned {
-            Some(id) => (id, Reason::Pinned),
-            None => {
-                let tcp = q.vip.proto == Protocol::Tcp;
-                let prev_active = tcp && !q.syn && active(entry.prev)?.is_some();
-                let (id, used_prev) = maglev::unpinned_choice(&entry, tcp, q.syn, prev_active);
+        match (own, client) {
+            (Some(v), _) if !affinity || udp || client.is_some_and(|c| c.flags & FLOW_F_MOVED != 0) => {
+                (v.backend, Reason::Pinned)
+            }
+            (None, Some(c)) if c.flags & FLOW_F_MOVED != 0 && !first && active(c.moved_from)?.is_some() => {
+                (c.moved_from, Reason::BeforeMove)
+            }
+            (_, Some(c)) => (c.backend, Reason::Pinned),
+            _ => {
+                let prev_active = tcp && !first && active(entry.prev)?.is_some();
+                let (id, used_prev) = maglev::unpinned_choice(&entry, tcp, first, prev_active);
                 (id, if used_prev { Reason::PreviousBackend } else { Reason::NewFlow })
             }
         }
@@ -128,11 +153,23 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
     })
 }
 
+/// Is `client` inside one of the VIP's source ranges (as the kernel's LPM lookup)?
+fn source_allowed(maps: &Maps, vip_id: u32, client: IpAddr) -> Result<bool, MapError> {
+    let data = SrcRangeKey { vip_id_be: vip_id.to_be_bytes(), addr: addr_bytes(client) };
+    match maps.src_ranges.get(&Key::new(SRC_RANGE_FULL_PREFIX, data), 0) {
+        Ok(_) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let why = match self.reason {
             Reason::NotAVip => "no VIP matches: passed to the kernel",
             Reason::NoBackend => "no backend can take it: dropped",
+            Reason::SourceRange => "the client is outside the VIP's source ranges: dropped",
+            Reason::BeforeMove => "client re-pinned; this connection from before keeps its backend",
             Reason::Stable => "table slot is stable",
             Reason::Pinned => "slot changed; flow pinned in the flow table",
             Reason::PreviousBackend => "slot changed; established flow kept on the previous backend",

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod explain;
 pub mod inspect;
 pub mod k8s;
+pub mod kernel_log;
 pub mod loader;
 pub mod mem;
 pub mod metrics;

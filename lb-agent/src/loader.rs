@@ -2,15 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
-    Backend, Counter, FlowKey, FlowValue, Meta, Traffic, VipKey, VipMeta, ABI_VERSION, ALL_MAPS, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_META,
-    MAP_REASONS, MAP_TABLES, MAP_VIPS, MAP_VIP_STATS, TABLE_HALVES,
+    AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, SrcRangeKey, Traffic, VipKey, VipMeta, ABI_VERSION, ALL_MAPS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS,
+    MAP_FLOWS, MAP_FLOWS_NEW, MAP_META, MAP_REASONS, MAP_SRC_RANGES, MAP_TABLES, MAP_VIPS, MAP_VIP_ADDRS,
+    MAP_VIP_FILTER, MAP_VIP_STATS, NEW_FLOWS_DIVISOR, TABLE_HALVES,
 };
 
 use crate::config::XdpModeChoice;
@@ -51,6 +53,11 @@ impl Default for LoadOptions {
 impl LoadOptions {
     pub fn table_entries(&self) -> u32 {
         self.max_vips * TABLE_HALVES * self.table_size
+    }
+
+    /// Entries of `FLOWS_NEW` (first packets of flows).
+    pub fn new_flows(&self) -> u32 {
+        (self.max_flows / NEW_FLOWS_DIVISOR).max(1024)
     }
 
     /// What `META` records for maps created with these options.
@@ -150,6 +157,10 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub tables: TableMem,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub flows_new: HashMap<MapData, FlowKey, FlowValue>,
+    pub vip_addrs: HashMap<MapData, AddrKey, u32>,
+    pub vip_filter: Array<MapData, u64>,
+    pub src_ranges: LpmTrie<MapData, SrcRangeKey, u32>,
     pub reasons: PerCpuArray<MapData, Counter>,
     pub vip_stats: PerCpuArray<MapData, Traffic>,
     pub backend_stats: PerCpuArray<MapData, Traffic>,
@@ -181,6 +192,10 @@ impl Maps {
             backends: typed!(Array, MAP_BACKENDS),
             tables: TableMem::map(open(MAP_TABLES)?, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
             flows: typed!(LruHashMap, MAP_FLOWS),
+            flows_new: typed!(LruHashMap, MAP_FLOWS_NEW),
+            vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),
+            vip_filter: typed!(Array, MAP_VIP_FILTER),
+            src_ranges: typed!(LpmTrie, MAP_SRC_RANGES),
             reasons: typed!(PerCpuArray, MAP_REASONS),
             vip_stats: typed!(PerCpuArray, MAP_VIP_STATS),
             backend_stats: typed!(PerCpuArray, MAP_BACKEND_STATS),
@@ -195,6 +210,8 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: Maps,
     pub opts: LoadOptions,
+    /// The program's rare log records (`crate::kernel_log::spawn` reads them).
+    pub logger: Option<aya_log::EbpfLogger<crate::kernel_log::KernelLog>>,
 }
 
 /// Loads the programs over maps pinned under `maps_dir(pin_dir)`: pinned maps written
@@ -242,14 +259,24 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
         .map_max_entries(MAP_BACKENDS, opts.max_backends)
         .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
         .map_max_entries(MAP_FLOWS, opts.max_flows)
+        .map_max_entries(MAP_FLOWS_NEW, opts.new_flows())
+        .map_max_entries(MAP_VIP_ADDRS, opts.max_vips)
         .map_max_entries(MAP_TABLES, opts.table_entries())
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
+    // Before the programs load: they reference the log map.
+    let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::kernel_log::KernelLog) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel log unavailable; kernel-side events are not logged");
+            None
+        }
+    };
     for name in [PROG_LB, PROG_PASS] {
         xdp_mut(&mut ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
     }
     let maps = take_maps(&mut ebpf, opts)?;
-    Ok(Loaded { ebpf, maps, opts: opts.clone() })
+    Ok(Loaded { ebpf, maps, opts: opts.clone(), logger })
 }
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoadError> {
@@ -287,6 +314,10 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, LoadError> {
         backends: typed!(MAP_BACKENDS),
         tables: TableMem::map(tables, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
         flows: typed!(MAP_FLOWS),
+        flows_new: typed!(MAP_FLOWS_NEW),
+        vip_addrs: typed!(MAP_VIP_ADDRS),
+        vip_filter: typed!(MAP_VIP_FILTER),
+        src_ranges: typed!(MAP_SRC_RANGES),
         reasons: typed!(MAP_REASONS),
         vip_stats: typed!(MAP_VIP_STATS),
         backend_stats: typed!(MAP_BACKEND_STATS),

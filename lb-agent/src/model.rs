@@ -122,6 +122,8 @@ pub struct VipSpec {
     pub ramp: Option<crate::ramp::RampPolicy>,
     /// Client-address affinity timeout in seconds; 0 = none.
     pub affinity_timeout_s: u32,
+    /// Allowed clients; empty = every client.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Largest accepted weight (IPVS accepts the same range).

@@ -61,6 +61,25 @@ pub fn flow_hash_v6(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8, seed:
     finish(mix(h, proto as u32))
 }
 
+/// The flow hash of a 5-tuple in words (`addr_words` layout; IPv4 uses word 0): the one
+/// definition the kernel, `lb-agent explain` and the flow-table walker all call.
+#[inline(always)]
+pub fn flow_hash_words(family: u8, src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8, seed: u32) -> u32 {
+    if family == crate::FAMILY_V4 {
+        flow_hash_v4(src[0], dst[0], ports, proto, seed)
+    } else {
+        flow_hash_v6(src, dst, ports, proto, seed)
+    }
+}
+
+/// Which bit of `VIP_FILTER` an address sets (words as in `addr_words`; an IPv4
+/// address has zeros after word 0). One multiply: this runs for every packet.
+#[inline(always)]
+pub fn filter_bit(words: &[u32; 4]) -> u32 {
+    let folded = words[0] ^ words[1] ^ words[2] ^ words[3];
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
 /// Little-endian words of 16 address bytes (the layout of `VipKey::addr`).
 #[inline(always)]
 pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
@@ -79,13 +98,8 @@ pub fn flow_hash(
     proto: u8,
     seed: u32,
 ) -> u32 {
-    let (s, d) = (addr_words(src), addr_words(dst));
     let ports = ports_word(src_port_be, dst_port_be);
-    if family == crate::FAMILY_V4 {
-        flow_hash_v4(s[0], d[0], ports, proto, seed)
-    } else {
-        flow_hash_v6(&s, &d, ports, proto, seed)
-    }
+    flow_hash_words(family, &addr_words(src), &addr_words(dst), ports, proto, seed)
 }
 
 /// A hash over arbitrary bytes (FNV-1a 64, folded), for Maglev permutations.
@@ -151,6 +165,18 @@ mod tests {
             seen[(h % 16) as usize] += 1;
         }
         assert!(seen.iter().all(|&c| (70..=130).contains(&c)), "{seen:?}");
+    }
+
+    #[test]
+    fn filter_bits_spread() {
+        let mut seen = [0u32; 64];
+        for i in 0..6400u32 {
+            let w = u32::from_le_bytes([192, 0, (i >> 8) as u8, i as u8]);
+            let bit = filter_bit(&[w, 0, 0, 0]);
+            assert!(bit < 65_536);
+            seen[(bit >> 10) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| (50..=150).contains(&c)), "{seen:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes. The agent refuses
 /// to adopt pinned maps written under another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -18,14 +18,38 @@ pub const MAP_REASONS: &str = "REASONS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_META: &str = "META";
-pub const ALL_MAPS: [&str; 8] =
-    [MAP_VIPS, MAP_BACKENDS, MAP_TABLES, MAP_FLOWS, MAP_REASONS, MAP_VIP_STATS, MAP_BACKEND_STATS, MAP_META];
+pub const MAP_FLOWS_NEW: &str = "FLOWS_NEW";
+pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
+pub const MAP_SRC_RANGES: &str = "SRC_RANGES";
+pub const ALL_MAPS: [&str; 12] = [
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_TABLES,
+    MAP_FLOWS,
+    MAP_REASONS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_META,
+    MAP_FLOWS_NEW,
+    MAP_VIP_ADDRS,
+    MAP_VIP_FILTER,
+    MAP_SRC_RANGES,
+];
 
 /// Capacities compiled into the object; the agent may resize them at load time
 /// (`--max-vips`, `--max-backends`, `--max-flows`, `--table-size`).
 pub const DEFAULT_MAX_VIPS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Entries of `FLOWS_NEW` per entry of `FLOWS` (a quarter): first packets only.
+pub const NEW_FLOWS_DIVISOR: u32 = 4;
+/// Source ranges (CIDRs) over all VIPs.
+pub const MAX_SRC_RANGES: u32 = 16_384;
+/// 64-bit words of `VIP_FILTER`: a one-hash bit filter over the VIP addresses
+/// (65,536 bits), read before any hash-map lookup so that packets to other addresses
+/// cost one array read.
+pub const VIP_FILTER_WORDS: u32 = 1024;
 /// Maglev table size per VIP: a prime, at least 100 x the backends of any VIP for
 /// a 1 % weight accuracy.
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
@@ -50,6 +74,9 @@ pub const VIP_F_NO_BACKENDS: u32 = 1;
 /// Client-address affinity: all flows of a client address go to one backend while its
 /// pin is younger than `affinity_timeout_s` (Kubernetes' `sessionAffinity: ClientIP`).
 pub const VIP_F_AFFINITY: u32 = 2;
+
+/// The VIP has source ranges: clients outside them are dropped (`SRC_RANGES`).
+pub const VIP_F_SOURCE_RANGES: u32 = 4;
 
 /// `VIPS` value.
 #[repr(C)]
@@ -124,8 +151,12 @@ pub struct FlowKey {
 
 /// The client sent FIN or RST: the flow is ending (it still keeps its backend).
 pub const FLOW_F_CLOSING: u32 = 1;
+/// A client pin (affinity) that replaced one whose backend is still active: the
+/// client's connections from before carry on to `moved_from`, each through a pin of its
+/// own, and its new connections get a pin of their own too.
+pub const FLOW_F_MOVED: u32 = 2;
 
-/// `FLOWS` value. For an affinity VIP the key's port is 0 and the entry pins a client.
+/// `FLOWS` / `FLOWS_NEW` value. For an affinity VIP's client pin the key's port is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -133,7 +164,33 @@ pub struct FlowValue {
     pub flags: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
+    /// With `FLOW_F_MOVED`: the backend the client was pinned to before.
+    pub moved_from: u32,
+    pub _pad: u32,
 }
+
+/// `VIP_ADDRS` key: an address that is some VIP's (any port, any protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    /// As in `VipKey::addr`.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `SRC_RANGES` key data (after the LPM trie's prefix length): the VIP id (big-endian,
+/// so it is matched first, in full) and the client address as in `VipKey::addr`. The
+/// prefix length of an entry is 32 + the CIDR's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcRangeKey {
+    pub vip_id_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// The LPM prefix length that matches a VIP id and a whole address.
+pub const SRC_RANGE_FULL_PREFIX: u32 = 32 + 128;
 
 /// Per-CPU packet and byte counter (`REASONS`).
 #[repr(C)]
@@ -178,7 +235,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<TableEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 
@@ -195,4 +254,6 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for SrcRangeKey {}
 }

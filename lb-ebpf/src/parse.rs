@@ -1,14 +1,23 @@
-//! Header parsing with one bounds-checked accessor.
+//! Header parsing. Every length a header announces is checked against the frame and
+//! against the other headers before anything is forwarded; headers are laid out by
+//! `network-types`' structs and read through one bounds-checked accessor.
+
+use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{stats, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{stats::Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
-use crate::stats::Verdict;
-
-pub const ETH_HLEN: usize = 14;
+pub const ETH_LEN: usize = EthHdr::LEN;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-const IPV6_HLEN: usize = 40;
+/// Offset of the flags byte in the TCP header (after the data offset byte).
+const TCP_FLAGS: usize = 13;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -24,109 +33,176 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// What the balancer needs from a packet. Addresses are little-endian words of the
-/// network-order bytes; IPv4 uses word 0 only.
-pub struct Flow {
+/// Reads a field at `off` bytes into a header that `ptr_at` checked.
+///
+/// # Safety
+/// `hdr + off + size_of::<T>()` must lie inside that checked header. The load may be
+/// misaligned (an IPv4 header starts 2 bytes past a word): BPF JITs on the platforms we
+/// run on do misaligned packet loads, and the verifier allows them unless a program is
+/// loaded with BPF_F_STRICT_ALIGNMENT, which ours is not. A byte-wise read would cost a
+/// load, a shift and an or per byte on every packet.
+#[inline(always)]
+pub unsafe fn field<T: Copy>(hdr: *const u8, off: usize) -> T {
+    // SAFETY: in bounds per the caller; alignment as explained above.
+    unsafe { (hdr.add(off) as *const T).read() }
+}
+
+/// Frame length in bytes.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// The IP layer of a frame whose IP header is complete and consistent.
+pub struct Ip {
     pub family: u8,
+    /// IPv4 protocol or IPv6 next header.
     pub proto: u8,
+    /// The transport header cannot be read here: an IPv4 fragment, or an IPv6 extension
+    /// header in front of it.
+    pub opaque: bool,
+    /// IPv4 with options.
+    pub options: bool,
+    /// Where the IP payload starts, and its length as the IP header gives it.
+    pub l4_off: usize,
+    pub l4_len: usize,
+    /// Addresses as little-endian words of the network-order bytes; IPv4 in word 0.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// Ethernet and IP. A frame that is not IP, or whose IP header is cut short or
+/// contradicts itself or the frame, comes back as `Err(reason)` (passed).
+#[inline(always)]
+pub fn ip(ctx: &XdpContext) -> Result<Ip, Reason> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
+    // SAFETY: inside the checked Ethernet header.
+    let ethertype = u16::from_be(unsafe { field(eth, offset_of!(EthHdr, ether_type)) });
+    match ethertype {
+        ETH_P_IP => ipv4(ctx),
+        ETH_P_IPV6 => ipv6(ctx),
+        _ => Err(Reason::PASS_NOT_IP),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext) -> Result<Ip, Reason> {
+    let h = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
+    // SAFETY (all reads): fields of the checked 20-byte header.
+    let vihl: u8 = unsafe { field(h, offset_of!(Ipv4Hdr, vihl)) };
+    if vihl >> 4 != 4 {
+        return Err(Reason::PASS_MALFORMED);
+    }
+    let hlen = (vihl & 0x0f) as usize * 4;
+    if hlen < Ipv4Hdr::LEN {
+        return Err(Reason::PASS_MALFORMED);
+    }
+    let frame = frame_len(ctx);
+    if ETH_LEN + hlen > frame {
+        return Err(Reason::PASS_TRUNCATED);
+    }
+    let total = u16::from_be(unsafe { field(h, offset_of!(Ipv4Hdr, tot_len)) }) as usize;
+    if total < hlen {
+        return Err(Reason::PASS_MALFORMED);
+    }
+    if ETH_LEN + total > frame {
+        return Err(Reason::PASS_TRUNCATED);
+    }
+    // More-fragments set or a non-zero offset: a fragment.
+    let frags = u16::from_be(unsafe { field(h, offset_of!(Ipv4Hdr, frags)) });
+    Ok(Ip {
+        family: FAMILY_V4,
+        proto: unsafe { field(h, offset_of!(Ipv4Hdr, proto)) },
+        opaque: frags & 0x3fff != 0,
+        options: hlen > Ipv4Hdr::LEN,
+        l4_off: ETH_LEN + hlen,
+        l4_len: total - hlen,
+        src: [unsafe { field(h, offset_of!(Ipv4Hdr, src_addr)) }, 0, 0, 0],
+        dst: [unsafe { field(h, offset_of!(Ipv4Hdr, dst_addr)) }, 0, 0, 0],
+    })
+}
+
+/// IPv6 next-header values of extension headers (hop-by-hop, routing, fragment, ESP,
+/// AH, destination options, mobility, HIP, shim6, experimental).
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext) -> Result<Ip, Reason> {
+    let h = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
+    // SAFETY (all reads): fields of the checked 40-byte header.
+    let version: u8 = unsafe { field(h, offset_of!(Ipv6Hdr, vcf)) };
+    if version >> 4 != 6 {
+        return Err(Reason::PASS_MALFORMED);
+    }
+    let payload = u16::from_be(unsafe { field(h, offset_of!(Ipv6Hdr, payload_len)) }) as usize;
+    if ETH_LEN + Ipv6Hdr::LEN + payload > frame_len(ctx) {
+        return Err(Reason::PASS_TRUNCATED);
+    }
+    let next: u8 = unsafe { field(h, offset_of!(Ipv6Hdr, next_hdr)) };
+    let src = offset_of!(Ipv6Hdr, src_addr);
+    let dst = offset_of!(Ipv6Hdr, dst_addr);
+    Ok(Ip {
+        family: FAMILY_V6,
+        proto: next,
+        opaque: is_extension(next),
+        options: false,
+        l4_off: ETH_LEN + Ipv6Hdr::LEN,
+        l4_len: payload,
+        src: unsafe { [field(h, src), field(h, src + 4), field(h, src + 8), field(h, src + 12)] },
+        dst: unsafe { [field(h, dst), field(h, dst + 4), field(h, dst + 8), field(h, dst + 12)] },
+    })
+}
+
+/// What the balancer needs from a TCP or UDP header.
+pub struct Ports {
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
     /// A TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
     /// A TCP FIN or RST from the client: the connection is ending.
     pub closing: bool,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    pub src_port_be: u16,
-    pub dst_port_be: u16,
 }
 
-/// Parses Ethernet, IPv4/IPv6 and the TCP/UDP ports. A packet the balancer does not
-/// handle comes back as `Err(Verdict::Pass(reason))`.
+/// The TCP or UDP header at `ip.l4_off`, checked against the IP payload length.
 #[inline(always)]
-pub fn flow(ctx: &XdpContext) -> Result<Flow, Verdict> {
-    let ethertype = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))? };
-    match u16::from_be(ethertype) {
-        ETH_P_IP => ipv4(ctx),
-        ETH_P_IPV6 => ipv6(ctx),
-        _ => Err(Verdict::Pass(stats::PASS_NOT_IP)),
-    }
-}
-
-#[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Result<Flow, Verdict> {
-    let ip = ptr_at::<[u32; 5]>(ctx, ETH_HLEN).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
-    let ip = unsafe { *ip };
-    let b0 = ip[0] as u8; // version and IHL
-    let ihl = (b0 & 0x0f) as usize;
-    if ihl < 5 {
-        return Err(Verdict::Pass(stats::PASS_TRUNCATED));
-    }
-    // Flags+fragment offset are bytes 6..8: MF set or a non-zero offset is a fragment.
-    let frag = u16::from_be((ip[1] >> 16) as u16);
-    if frag & 0x3fff != 0 {
-        return Err(Verdict::Pass(stats::PASS_FRAGMENT));
-    }
-    if ihl > 5 {
-        crate::stats::note(stats::NOTE_IPV4_OPTIONS);
-    }
-    let proto = (ip[2] >> 8) as u8;
-    let mut flow = Flow {
-        family: FAMILY_V4,
-        proto,
-        syn: false,
-        closing: false,
-        src: [ip[3], 0, 0, 0],
-        dst: [ip[4], 0, 0, 0],
-        src_port_be: 0,
-        dst_port_be: 0,
-    };
-    ports(ctx, ETH_HLEN + ihl * 4, &mut flow)?;
-    Ok(flow)
-}
-
-#[inline(always)]
-fn ipv6(ctx: &XdpContext) -> Result<Flow, Verdict> {
-    let ip = ptr_at::<[u32; 10]>(ctx, ETH_HLEN).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
-    let ip = unsafe { *ip };
-    let next = (ip[1] >> 16) as u8;
-    let mut flow = Flow {
-        family: FAMILY_V6,
-        proto: next,
-        syn: false,
-        closing: false,
-        src: [ip[2], ip[3], ip[4], ip[5]],
-        dst: [ip[6], ip[7], ip[8], ip[9]],
-        src_port_be: 0,
-        dst_port_be: 0,
-    };
-    match next {
-        // hop-by-hop, routing, fragment, ESP, AH, destination options, mobility
-        0 | 43 | 44 | 50 | 51 | 60 | 135 => Err(Verdict::Pass(stats::PASS_IPV6_EXT)),
-        _ => {
-            ports(ctx, ETH_HLEN + IPV6_HLEN, &mut flow)?;
-            Ok(flow)
+pub fn transport(ctx: &XdpContext, ip: &Ip) -> Result<Ports, Reason> {
+    if ip.proto == PROTO_TCP {
+        if ip.l4_len < TcpHdr::LEN {
+            return Err(Reason::PASS_MALFORMED);
         }
-    }
-}
-
-/// Reads the ports (and for TCP the flags) of the transport header at `off`.
-#[inline(always)]
-fn ports(ctx: &XdpContext, off: usize, flow: &mut Flow) -> Result<(), Verdict> {
-    // One bounds check per header: the whole header is checked, the ports are its start.
-    let ports = match flow.proto {
-        PROTO_TCP => {
-            let tcp = ptr_at::<[u8; 14]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))?;
-            // SAFETY: `tcp` points at 14 bytes inside the frame.
-            let flags = unsafe { (*tcp)[13] };
-            flow.syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
-            tcp as *const [u16; 2]
+        let h = ptr_at::<TcpHdr>(ctx, ip.l4_off).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
+        // SAFETY (all reads): fields of the checked 20-byte header.
+        let doff: u8 = unsafe { field(h, offset_of!(TcpHdr, _bitfield_1)) };
+        let hlen = (doff >> 4) as usize * 4;
+        if hlen < TcpHdr::LEN || hlen > ip.l4_len {
+            return Err(Reason::PASS_MALFORMED);
         }
-        PROTO_UDP => ptr_at::<[u8; 8]>(ctx, off).ok_or(Verdict::Pass(stats::PASS_TRUNCATED))? as *const [u16; 2],
-        _ => return Err(Verdict::Pass(stats::PASS_OTHER_PROTO)),
-    };
-    // SAFETY: the first 4 bytes of a header checked above (at an even offset, like before).
-    let p = unsafe { *ports };
-    flow.src_port_be = p[0];
-    flow.dst_port_be = p[1];
-    Ok(())
+        let flags: u8 = unsafe { field(h, TCP_FLAGS) };
+        Ok(Ports {
+            src_port_be: unsafe { field(h, offset_of!(TcpHdr, source)) },
+            dst_port_be: unsafe { field(h, offset_of!(TcpHdr, dest)) },
+            syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            closing: flags & (TCP_FIN | TCP_RST) != 0,
+        })
+    } else {
+        debug_assert!(ip.proto == PROTO_UDP);
+        if ip.l4_len < UdpHdr::LEN {
+            return Err(Reason::PASS_MALFORMED);
+        }
+        let h = ptr_at::<UdpHdr>(ctx, ip.l4_off).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
+        // SAFETY (all reads): fields of the checked 8-byte header.
+        let len = u16::from_be(unsafe { field(h, offset_of!(UdpHdr, len)) }) as usize;
+        if len < UdpHdr::LEN || len > ip.l4_len {
+            return Err(Reason::PASS_MALFORMED);
+        }
+        Ok(Ports {
+            src_port_be: unsafe { field(h, offset_of!(UdpHdr, src)) },
+            dst_port_be: unsafe { field(h, offset_of!(UdpHdr, dst)) },
+            syn: false,
+            closing: false,
+        })
+    }
 }

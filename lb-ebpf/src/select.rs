@@ -1,98 +1,74 @@
-//! VIP match, then backend choice: Maglev slot, consulting the flow table only for
-//! slots whose backend changed.
+//! Backend choice: the Maglev slot, then the flow tables where a flow's backend must
+//! not change with the table.
+//!
+//! * TCP in a stable slot (current backend == previous): the slot's backend, no
+//!   flow-table work at all. That is nearly every packet.
+//! * TCP in a changed slot, and every UDP packet: a pin in `FLOWS` wins, then one in
+//!   `FLOWS_NEW` (that flow's second packet: it is confirmed into `FLOWS`); otherwise
+//!   `maglev::unpinned_choice` decides and the choice is pinned in `FLOWS_NEW`. A flood
+//!   of one-packet flows therefore churns `FLOWS_NEW` only.
+//! * Client-address affinity: a pin per client (port 0), in the same two tables; see
+//!   `affinity`.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    hash, maglev, stats, table_index, Backend, FlowKey, FlowValue, TableEntry, VipKey, VipMeta, BACKEND_F_ACTIVE,
-    BACKEND_F_DRAINING, FAMILY_V4, FLOW_F_CLOSING, NO_BACKEND, PROTO_TCP, VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
+    hash, maglev, stats::Reason, table_index, Backend, FlowKey, FlowValue, TableEntry, VipMeta, BACKEND_F_ACTIVE,
+    BACKEND_F_DRAINING, FLOW_F_CLOSING, FLOW_F_MOVED, NO_BACKEND, PROTO_TCP, PROTO_UDP, VIP_F_AFFINITY,
 };
 
 use crate::{
-    forward,
-    parse::{self, Flow},
-    stats::{note, traffic, Verdict},
-    BACKENDS, BACKEND_STATS, FLOWS, HASH_SEED, TABLES, TABLE_SIZE, VIPS, VIP_STATS,
+    maps::{hash_seed, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
+    stats::note,
 };
 
 /// A flow-table entry's `last_seen_ns` is refreshed when older than this.
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The balancer: `Ok` is a verdict, `Err` a drop reason.
-#[inline(always)]
-pub fn try_lb(ctx: &XdpContext) -> Result<Verdict, u32> {
-    let flow = match parse::flow(ctx) {
-        Ok(f) => f,
-        Err(v) => return Ok(v),
-    };
-    let Some(meta) = vip(&flow) else {
-        return Ok(Verdict::Pass(stats::PASS_NOT_VIP));
-    };
-    if meta.flags & VIP_F_NO_BACKENDS != 0 {
-        return Err(stats::DROP_NO_BACKEND);
-    }
-    let (id, backend) = backend(&flow, &meta)?;
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    traffic(&VIP_STATS, meta.id, len, flow.syn);
-    traffic(&BACKEND_STATS, id, len, flow.syn);
-    forward::to_backend(ctx, backend)
+/// The packet as the choice sees it (for an ICMP error: the quoted flow's forward
+/// direction).
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub syn: bool,
+    pub closing: bool,
+    /// An ICMP error about the flow: follows pins, writes none.
+    pub icmp: bool,
 }
 
-#[inline(always)]
-fn vip(flow: &Flow) -> Option<VipMeta> {
-    let mut key = VipKey { addr: [0; 16], port_be: flow.dst_port_be, proto: flow.proto, family: flow.family };
-    let words = key.addr.as_mut_ptr() as *mut [u32; 4];
-    // SAFETY: `addr` is 16 bytes; unaligned store of four words.
-    unsafe { words.write_unaligned(flow.dst) };
-    // SAFETY: the value is copied out at once.
-    unsafe { VIPS.get(&key).copied() }
-}
-
-#[inline(always)]
-fn seed() -> u32 {
-    // SAFETY: a load-time constant in .rodata.
-    unsafe { core::ptr::read_volatile(&HASH_SEED) }
-}
-
-#[inline(always)]
-fn table_size() -> u32 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&TABLE_SIZE) }
-}
-
-#[inline(always)]
-fn flow_hash(flow: &Flow, affinity: bool) -> u32 {
-    let ports = hash::vip_ports_word(affinity, flow.src_port_be, flow.dst_port_be);
-    if flow.family == FAMILY_V4 {
-        hash::flow_hash_v4(flow.src[0], flow.dst[0], ports, flow.proto, seed())
-    } else {
-        hash::flow_hash_v6(&flow.src, &flow.dst, ports, flow.proto, seed())
-    }
-}
+/// A backend chosen for a packet: its id, and its entry when already validated.
+type Choice = (u32, Option<&'static Backend>);
 
 /// The backend for this packet, with its id.
 #[inline(always)]
-fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), u32> {
+pub fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), Reason> {
     let size = table_size();
     if size == 0 {
-        return Err(stats::DROP_TABLE);
+        return Err(Reason::DROP_TABLE);
     }
     let affinity = meta.flags & VIP_F_AFFINITY != 0;
-    let slot = maglev::slot_of(flow_hash(flow, affinity), size);
-    let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(stats::DROP_TABLE)?;
-    // Affinity VIPs pin every client (their pins must outlive table changes even for a
-    // client with no open connection), so they always take the flow-table path.
-    let (id, found) = if entry.backend == entry.prev && !affinity {
+    let ports = hash::vip_ports_word(affinity, flow.src_port_be, flow.dst_port_be);
+    let h = hash::flow_hash_words(flow.family, &flow.src, &flow.dst, ports, flow.proto, hash_seed());
+    let slot = maglev::slot_of(h, size);
+    let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(Reason::DROP_TABLE)?;
+    let (id, found) = if affinity {
+        self::affinity(flow, meta, &entry)
+    } else if entry.backend == entry.prev && flow.proto != PROTO_UDP {
         (entry.backend, None)
     } else {
-        changed_slot(flow, meta, &entry, affinity)
+        pinned_or_chosen(flow, meta, &entry)
     };
     if id == NO_BACKEND {
-        return Err(stats::DROP_NO_BACKEND);
+        return Err(Reason::DROP_NO_BACKEND);
     }
-    // A backend the flow-table path already validated is not looked up twice.
+    // A backend a pin lookup already validated is not looked up twice.
     match found.or_else(|| active(id, meta.id)) {
         Some(b) => Ok((id, b)),
-        None => Err(stats::DROP_BACKEND_GONE),
+        None => Err(Reason::DROP_BACKEND_GONE),
     }
 }
 
@@ -102,65 +78,240 @@ fn active(id: u32, vip_id: u32) -> Option<&'static Backend> {
     (b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == vip_id).then_some(b)
 }
 
-/// A slot whose backend changed (or any slot of an affinity VIP): a usable pin (see `maglev::pin_usable`) keeps its
-/// backend; otherwise `maglev::unpinned_choice` decides (an established TCP packet goes
-/// to the slot's previous backend) and the choice is pinned, so flow-table writes happen
-/// only in changed slots. With affinity the pin is per client address (port 0).
-/// `NO_BACKEND` (nothing to send a new flow to) is returned unpinned.
 #[inline(always)]
-fn changed_slot(flow: &Flow, meta: &VipMeta, entry: &TableEntry, affinity: bool) -> (u32, Option<&'static Backend>) {
-    note(stats::NOTE_FLOW_LOOKUP);
-    let src_port_be = if affinity { 0 } else { flow.src_port_be };
-    let key = FlowKey { src_addr: addr_bytes(&flow.src), vip_id: meta.id, src_port_be, _pad: 0 };
-    let timeout = if affinity { meta.affinity_timeout_s } else { 0 };
+fn now_ns() -> u64 {
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    let mark_closing = flow.closing && !affinity;
-    if affinity || !flow.syn {
-        if let Some(v) = FLOWS.get_ptr_mut(&key) {
-            // SAFETY: the map value stays valid for this program run.
-            let pinned = unsafe { &mut *v };
-            let b = active(pinned.backend, meta.id);
-            let pin = maglev::Pin {
-                active: b.is_some(),
-                draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
-                age_ns: now.saturating_sub(pinned.last_seen_ns),
-            };
-            if maglev::pin_usable(timeout, flow.syn, &pin) {
-                if pin.age_ns > REFRESH_NS {
-                    pinned.last_seen_ns = now;
-                }
-                if mark_closing && pinned.flags & FLOW_F_CLOSING == 0 {
-                    pinned.flags |= FLOW_F_CLOSING;
-                }
-                return (pinned.backend, b);
-            }
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn key_of(flow: &Flow, vip_id: u32, src_port_be: u16) -> FlowKey {
+    let mut src_addr = [0u8; 16];
+    // SAFETY: 16 bytes, an unaligned store of four words.
+    unsafe { (src_addr.as_mut_ptr() as *mut [u32; 4]).write_unaligned(flow.src) };
+    FlowKey { src_addr, vip_id, src_port_be, _pad: 0 }
+}
+
+/// Non-affinity flows in changed slots, and UDP: see the module docs.
+#[inline(always)]
+fn pinned_or_chosen(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
+    note(Reason::NOTE_FLOW_LOOKUP);
+    let key = key_of(flow, meta.id, flow.src_port_be);
+    let now = now_ns();
+    if !flow.syn {
+        if let Some(hit) = find_pin(&key, meta, flow, now, 0) {
+            return hit;
         }
     }
     let tcp = flow.proto == PROTO_TCP;
     let prev = if tcp && !flow.syn { active(entry.prev, meta.id) } else { None };
     let (chosen, used_prev) = maglev::unpinned_choice(entry, tcp, flow.syn, prev.is_some());
-    let found = if used_prev {
-        note(stats::NOTE_PREV_BACKEND);
-        prev
+    if used_prev {
+        note(Reason::NOTE_PREV_BACKEND);
+    }
+    if chosen != NO_BACKEND && !flow.icmp {
+        pin_new(&key, chosen, flow.closing, now);
+    }
+    (chosen, if used_prev { prev } else { None })
+}
+
+/// A usable pin for `key`: `FLOWS` first, then `FLOWS_NEW`, whose hit is the flow's
+/// next packet and is confirmed into `FLOWS`. A closing pin in `FLOWS` gives way to a
+/// newer one in `FLOWS_NEW` (a new connection on the same ports, after a FIN or RST).
+/// For an ICMP error nothing is written. `timeout_s` is 0 for a flow's own pin.
+#[inline(always)]
+fn find_pin(key: &FlowKey, meta: &VipMeta, flow: &Flow, now: u64, timeout_s: u32) -> Option<Choice> {
+    let mut closed_at = 0;
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value, valid for this program run; per-field races with other
+        // CPUs only lose a refresh.
+        let pin = unsafe { &mut *v };
+        if let Some(b) = usable(pin, meta.id, timeout_s, flow.syn, now) {
+            if pin.flags & FLOW_F_CLOSING == 0 || flow.icmp {
+                if !flow.icmp {
+                    refresh(pin, now, flow.closing);
+                }
+                return Some((pin.backend, Some(b)));
+            }
+            closed_at = pin.last_seen_ns;
+            if FLOWS_NEW.get_ptr(key).is_none() {
+                refresh(pin, now, flow.closing);
+                return Some((pin.backend, Some(b)));
+            }
+        }
+    }
+    let v = FLOWS_NEW.get_ptr(key)?;
+    // SAFETY: as above; copied out.
+    let mut pin = unsafe { *v };
+    if closed_at != 0 && pin.last_seen_ns < closed_at {
+        return None;
+    }
+    let b = usable(&pin, meta.id, timeout_s, flow.syn, now)?;
+    if !flow.icmp {
+        pin.last_seen_ns = now;
+        if flow.closing {
+            pin.flags |= FLOW_F_CLOSING;
+        }
+        if FLOWS.insert(key, &pin, 0).is_ok() {
+            note(Reason::NOTE_FLOW_PINNED);
+        }
+    }
+    Some((pin.backend, Some(b)))
+}
+
+/// The pin's backend, if the packet may follow it (`maglev::pin_usable`).
+#[inline(always)]
+fn usable(pin: &FlowValue, vip_id: u32, timeout_s: u32, syn: bool, now: u64) -> Option<&'static Backend> {
+    let b = active(pin.backend, vip_id);
+    let state = maglev::Pin {
+        active: b.is_some(),
+        draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
+        age_ns: now.saturating_sub(pin.last_seen_ns),
+    };
+    if maglev::pin_usable(timeout_s, syn, &state) {
+        b
     } else {
         None
-    };
-    if chosen == NO_BACKEND {
-        return (chosen, None);
     }
-    let flags = if mark_closing { FLOW_F_CLOSING } else { 0 };
-    let value = FlowValue { backend: chosen, flags, last_seen_ns: now };
-    if FLOWS.insert(&key, &value, 0).is_ok() {
-        note(stats::NOTE_FLOW_PINNED);
-    }
-    (chosen, found)
 }
 
 #[inline(always)]
-fn addr_bytes(words: &[u32; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    // SAFETY: 16 bytes, unaligned store.
-    unsafe { (out.as_mut_ptr() as *mut [u32; 4]).write_unaligned(*words) };
-    out
+fn refresh(pin: &mut FlowValue, now: u64, closing: bool) {
+    if now.saturating_sub(pin.last_seen_ns) > REFRESH_NS {
+        pin.last_seen_ns = now;
+    }
+    if closing && pin.flags & FLOW_F_CLOSING == 0 {
+        pin.flags |= FLOW_F_CLOSING;
+    }
+}
+
+/// Pins a first packet's choice in `FLOWS_NEW`.
+#[inline(always)]
+fn pin_new(key: &FlowKey, backend: u32, closing: bool, now: u64) {
+    let flags = if closing { FLOW_F_CLOSING } else { 0 };
+    let value = FlowValue { backend, flags, last_seen_ns: now, moved_from: 0, _pad: 0 };
+    if FLOWS_NEW.insert(key, &value, 0).is_ok() {
+        note(Reason::NOTE_FLOW_PINNED);
+    }
+}
+
+/// Client-address affinity. A client pin (port 0) sends every flow of the client to one
+/// backend while it is younger than the timeout. A first packet (a TCP SYN, or a UDP
+/// datagram of a flow with no pin of its own) does not follow a pin to a draining
+/// backend: it gets the table's backend and the client is re-pinned, marked
+/// `FLOW_F_MOVED` with the old backend in `moved_from` if that one is still active.
+/// Packets of the client's connections from before then go on to `moved_from`, each
+/// pinned on its own; connections made after the move are pinned on their own too. So
+/// an established connection never moves.
+#[inline(always)]
+fn affinity(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
+    note(Reason::NOTE_FLOW_LOOKUP);
+    let now = now_ns();
+    let udp = flow.proto == PROTO_UDP;
+    let conn = key_of(flow, meta.id, flow.src_port_be);
+    // UDP flows are pinned one by one as well: a known flow keeps its backend.
+    if udp {
+        if let Some(hit) = find_pin(&conn, meta, flow, now, 0) {
+            return hit;
+        }
+    }
+    let first = flow.syn || udp;
+    let client = key_of(flow, meta.id, 0);
+    let found = ClientPin::find(&client);
+    if let Some(pin) = &found {
+        let value = pin.value();
+        if let Some(b) = usable(&value, meta.id, meta.affinity_timeout_s, first, now) {
+            if value.flags & FLOW_F_MOVED != 0 && !first {
+                if let Some(hit) = find_pin(&conn, meta, flow, now, 0) {
+                    return hit;
+                }
+                // A connection from before the move.
+                if let Some(old) = active(value.moved_from, meta.id) {
+                    if !flow.icmp {
+                        pin_new(&conn, value.moved_from, flow.closing, now);
+                    }
+                    return (value.moved_from, Some(old));
+                }
+            }
+            if !flow.icmp {
+                if first && (value.flags & FLOW_F_MOVED != 0 || udp) {
+                    pin_new(&conn, value.backend, flow.closing, now);
+                }
+                pin.keep(&client, now);
+            }
+            return (value.backend, Some(b));
+        }
+    }
+    // No usable client pin: the table decides, as for a flow without affinity.
+    let tcp = !udp;
+    let prev = if tcp && !first { active(entry.prev, meta.id) } else { None };
+    let (chosen, used_prev) = maglev::unpinned_choice(entry, tcp, first, prev.is_some());
+    let choice = (chosen, if used_prev { prev } else { None });
+    if chosen == NO_BACKEND || flow.icmp {
+        return choice;
+    }
+    let moved_from = match &found {
+        Some(old) if old.value().backend != chosen && active(old.value().backend, meta.id).is_some() => {
+            old.value().backend
+        }
+        _ => NO_BACKEND,
+    };
+    let flags = if moved_from != NO_BACKEND { FLOW_F_MOVED } else { 0 };
+    let value = FlowValue { backend: chosen, flags, last_seen_ns: now, moved_from, _pad: 0 };
+    match found {
+        // SAFETY: a `FLOWS` value, valid for this program run.
+        Some(ClientPin::Confirmed(v)) => unsafe { *v = value },
+        _ => {
+            if FLOWS_NEW.insert(&client, &value, 0).is_ok() {
+                note(Reason::NOTE_FLOW_PINNED);
+            }
+        }
+    }
+    if flags != 0 || udp {
+        pin_new(&conn, chosen, flow.closing, now);
+    }
+    choice
+}
+
+/// A client pin and where it lives.
+enum ClientPin {
+    /// In `FLOWS`: updated in place.
+    Confirmed(*mut FlowValue),
+    /// In `FLOWS_NEW` (copied out): its next use confirms it into `FLOWS`.
+    New(FlowValue),
+}
+
+impl ClientPin {
+    #[inline(always)]
+    fn find(key: &FlowKey) -> Option<ClientPin> {
+        if let Some(v) = FLOWS.get_ptr_mut(key) {
+            return Some(ClientPin::Confirmed(v));
+        }
+        // SAFETY: a map value, copied out at once.
+        FLOWS_NEW.get_ptr(key).map(|v| ClientPin::New(unsafe { *v }))
+    }
+
+    #[inline(always)]
+    fn value(&self) -> FlowValue {
+        match self {
+            // SAFETY: a `FLOWS` value, valid for this program run.
+            ClientPin::Confirmed(v) => unsafe { **v },
+            ClientPin::New(v) => *v,
+        }
+    }
+
+    /// Refreshes the pin (or confirms it into `FLOWS`).
+    #[inline(always)]
+    fn keep(&self, key: &FlowKey, now: u64) {
+        match self {
+            // SAFETY: as in `value`.
+            ClientPin::Confirmed(v) => refresh(unsafe { &mut **v }, now, false),
+            ClientPin::New(v) => {
+                let value = FlowValue { last_seen_ns: now, ..*v };
+                if FLOWS.insert(key, &value, 0).is_ok() {
+                    note(Reason::NOTE_FLOW_PINNED);
+                }
+            }
+        }
+    }
 }

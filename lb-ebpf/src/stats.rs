@@ -1,27 +1,22 @@
 //! Counters and the single exit: every verdict is counted by reason.
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::PerCpuArray, programs::XdpContext};
-use lb_common::{stats, Counter, Traffic};
+use lb_common::{stats::Reason, Counter, Traffic};
 
-use crate::REASONS;
+use crate::{maps::REASONS, parse::frame_len};
 
 /// What happens to a packet that is not dropped.
 pub enum Verdict {
     /// Sent back out of the interface to a backend.
     Tx,
     /// Handed to the kernel, with the reason counted.
-    Pass(u32),
+    Pass(Reason),
 }
 
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
-}
-
-#[inline(always)]
-pub fn add<const N: usize>(map: &PerCpuArray<Counter, N>, index: u32, bytes: u64) {
-    if let Some(c) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU value, and XDP runs with preemption disabled.
+fn add(index: Reason, bytes: u64) {
+    if let Some(c) = REASONS.get_ptr_mut(index.index()) {
+        // SAFETY: a per-CPU value, and XDP runs with preemption disabled.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
@@ -33,7 +28,7 @@ pub fn add<const N: usize>(map: &PerCpuArray<Counter, N>, index: u32, bytes: u64
 #[inline(always)]
 pub fn traffic<const N: usize>(map: &PerCpuArray<Traffic, N>, index: u32, bytes: u64, syn: bool) {
     if let Some(c) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU value, and XDP runs with preemption disabled.
+        // SAFETY: a per-CPU value, and XDP runs with preemption disabled.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
@@ -44,26 +39,34 @@ pub fn traffic<const N: usize>(map: &PerCpuArray<Traffic, N>, index: u32, bytes:
 
 /// Counts a note (an event that is not a verdict).
 #[inline(always)]
-pub fn note(reason: u32) {
-    add(&REASONS, reason, 0);
+pub fn note(reason: Reason) {
+    add(reason, 0);
 }
 
 #[inline(always)]
 pub fn verdict(ctx: &XdpContext, v: Verdict) -> u32 {
     match v {
         Verdict::Tx => {
-            add(&REASONS, stats::TX, frame_len(ctx));
+            add(Reason::TX, frame_len(ctx) as u64);
             xdp_action::XDP_TX
         }
         Verdict::Pass(reason) => {
-            add(&REASONS, reason, frame_len(ctx));
+            add(reason, frame_len(ctx) as u64);
             xdp_action::XDP_PASS
         }
     }
 }
 
 #[inline(always)]
-pub fn drop(ctx: &XdpContext, reason: u32) -> u32 {
-    add(&REASONS, reason, frame_len(ctx));
+pub fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
+    if reason == Reason::DROP_TABLE {
+        // Should never happen: worth a line in the agent's log (debug level), never per
+        // packet in normal operation.
+        aya_log_ebpf::debug!(ctx, "drop_table: a VIP's table entry could not be read");
+    }
+    add(reason, frame_len(ctx) as u64);
     xdp_action::XDP_DROP
 }
+
+// `Counter` is the REASONS value type; named here so a layout change fails to build.
+const _: usize = core::mem::size_of::<Counter>();

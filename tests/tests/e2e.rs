@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use lb_agent::config::XdpModeChoice;
-use lb_common::stats as reasons;
+use lb_common::stats::Reason;
 use lb_tests::agent::{Agent, PinnedMaps};
 use lb_tests::lab::{backend_addrs, Lab, VIP4, VIP6};
 use lb_tests::servers::{connect_many, split, start_backend, tcp_backends, udp_backends, TCP_PORT, UDP_PORT};
@@ -64,7 +64,7 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
     let mut agent = Agent::start(&lab, &config(&weights), &["--xdp-mode", mode_flag])?;
     agent.wait_programmed(4, 12)?;
     let maps = PinnedMaps::open(&agent.pin_dir)?;
-    let (tx0, not_vip0) = (maps.reason(reasons::TX)?, maps.reason(reasons::PASS_NOT_VIP)?);
+    let (tx0, not_vip0) = (maps.reason(Reason::TX.0)?, maps.reason(Reason::PASS_NOT_VIP.0)?);
 
     // The split follows the weights, over IPv4 and IPv6, TCP and UDP. With n requests
     // and share p the standard deviation is sqrt(p(1-p)/n); tolerances are ~3 sigma.
@@ -76,7 +76,7 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
 
     // Replies go backend -> client directly: the LB's XDP program saw thousands of
     // client->VIP frames but (almost) no frame for anything else.
-    let (tx, not_vip) = (maps.reason(reasons::TX)? - tx0, maps.reason(reasons::PASS_NOT_VIP)? - not_vip0);
+    let (tx, not_vip) = (maps.reason(Reason::TX.0)? - tx0, maps.reason(Reason::PASS_NOT_VIP.0)? - not_vip0);
     println!("LB counters during the split: tx {tx}, pass_not_vip {not_vip}");
     ensure!(tx >= 3 * 1800 + 1200, "every client->VIP frame was forwarded (tx {tx})");
     ensure!(not_vip < 50, "replies must not pass through the LB (pass_not_vip {not_vip})");
@@ -94,7 +94,7 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
     for (i, c) in conns.iter_mut().enumerate() {
         c.echo("after").with_context(|| format!("established connection {i} (backend {})", c.backend))?;
     }
-    let flow_notes = (maps.reason(reasons::NOTE_PREV_BACKEND)?, maps.reason(reasons::NOTE_FLOW_PINNED)?);
+    let flow_notes = (maps.reason(Reason::NOTE_PREV_BACKEND.0)?, maps.reason(Reason::NOTE_FLOW_PINNED.0)?);
     println!("after the change: {} connections intact; prev-backend/pinned notes {flow_notes:?}", conns.len());
     assert_split("IPv4 TCP after the change", &tcp_backends(&lab, v4t, 1200)?, &weights2, 0.05);
     drop(conns);

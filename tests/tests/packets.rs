@@ -11,7 +11,7 @@ use lb_agent::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
 use lb_agent::explain::{explain, Query, Reason};
 use lb_agent::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::model::Vip;
-use lb_common::stats::{self as reasons, REASON_COUNT, REASON_NAMES};
+use lb_common::stats::{Reason as R, REASON_COUNT, REASON_NAMES};
 use lb_tests::frames::{self, Frame, ACK, ICMP, LB_MAC, SYN, TCP, UDP};
 
 const XDP_DROP: u32 = 1;
@@ -33,7 +33,7 @@ fn backend(addr: &str, weight: u32, last: u8) -> SnapBackend {
     SnapBackend::steady(ip(addr), weight, Some(mac(last)))
 }
 fn vip_of(backends: Vec<SnapBackend>) -> SnapVip {
-    SnapVip { backends, affinity_timeout_s: 0 }
+    SnapVip { backends, ..SnapVip::default() }
 }
 
 fn snapshot() -> Snapshot {
@@ -91,9 +91,9 @@ impl Lab {
 }
 
 /// Asserts which counters moved (by exactly one each) and that no other did.
-fn assert_counted(before: &[u64], after: &[u64], expect: &[u32], case: &str) {
+fn assert_counted(before: &[u64], after: &[u64], expect: &[R], case: &str) {
     for i in 0..REASON_COUNT as usize {
-        let want = u64::from(expect.contains(&(i as u32)));
+        let want = u64::from(expect.contains(&R(i as u32)));
         assert_eq!(after[i] - before[i], want, "{case}: counter {} moved by {}", REASON_NAMES[i], after[i] - before[i]);
     }
 }
@@ -110,17 +110,26 @@ fn assert_forwarded(lab: &Lab, f: &Frame, v: &str, case: &str) {
     assert_eq!(&out[..6], &b.mac, "{case}: destination MAC is the predicted backend's");
     assert_eq!(&out[6..12], &LB_MAC, "{case}: source MAC is the LB's");
     assert_eq!(&out[12..], &input[12..], "{case}: bytes after the MACs unchanged");
-    let mut expect = vec![reasons::TX];
+    let mut expect = vec![R::TX];
     if !f.ip_options.is_empty() {
-        expect.push(reasons::NOTE_IPV4_OPTIONS);
+        expect.push(R::NOTE_IPV4_OPTIONS);
+    }
+    if f.proto == UDP {
+        // Every UDP packet consults the flow tables; a new flow is pinned.
+        expect.extend([R::NOTE_FLOW_LOOKUP, R::NOTE_FLOW_PINNED]);
     }
     assert_counted(&before, &lab.counters(), &expect, case);
 }
 
-fn assert_passed_or_dropped(lab: &Lab, input: &[u8], verdict: u32, reason: u32, case: &str) {
+fn assert_passed_or_dropped(lab: &Lab, input: &[u8], verdict: u32, reason: R, case: &str) {
     let before = lab.counters();
     let (got, out) = lab.run(input);
-    assert_eq!(got, verdict, "{case}: verdict");
+    if got != verdict {
+        let after = lab.counters();
+        let moved: Vec<&str> =
+            (0..REASON_COUNT as usize).filter(|&i| after[i] != before[i]).map(|i| REASON_NAMES[i]).collect();
+        panic!("{case}: verdict {got}, expected {verdict}; counters moved: {moved:?}");
+    }
     assert_eq!(out, input, "{case}: frame unchanged");
     assert_counted(&before, &lab.counters(), &[reason], case);
 }
@@ -159,34 +168,68 @@ fn packet_table() {
     let vip4 = ip("192.0.2.10");
     let mut truncated_tcp = Frame::new(c4, vip4, TCP, 40000, 80).bytes();
     truncated_tcp.truncate(14 + 20 + 10);
-    let cases: Vec<(&str, Vec<u8>, u32, u32)> = vec![
-        ("arp", frames::arp(), XDP_PASS, reasons::PASS_NOT_IP),
-        ("v4 other port", Frame::new(c4, vip4, TCP, 40000, 81).bytes(), XDP_PASS, reasons::PASS_NOT_VIP),
-        ("v4 udp to tcp vip", Frame::new(c4, vip4, UDP, 40000, 80).bytes(), XDP_PASS, reasons::PASS_NOT_VIP),
-        ("v4 other address", Frame::new(c4, ip("192.0.2.99"), TCP, 40000, 80).bytes(), XDP_PASS, reasons::PASS_NOT_VIP),
-        ("icmp to vip", Frame::new(c4, vip4, ICMP, 0, 0).bytes(), XDP_PASS, reasons::PASS_OTHER_PROTO),
-        ("ethernet only", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..14].to_vec(), XDP_PASS, reasons::PASS_TRUNCATED),
-        ("short ip header", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..30].to_vec(), XDP_PASS, reasons::PASS_TRUNCATED),
-        ("short tcp header", truncated_tcp, XDP_PASS, reasons::PASS_TRUNCATED),
+    let mut short_doff = Frame::new(c4, vip4, TCP, 40000, 80).bytes();
+    short_doff[14 + 20 + 12] = 4 << 4;
+    let mut long_doff = Frame::new(c4, vip4, TCP, 40000, 80).bytes();
+    long_doff[14 + 20 + 12] = 15 << 4;
+    let mut bad_version = Frame::new(c4, vip4, TCP, 40000, 80).bytes();
+    bad_version[14] = 0x65;
+    let mut long_total = Frame::new(c4, vip4, TCP, 40000, 80).bytes();
+    long_total[16..18].copy_from_slice(&200u16.to_be_bytes());
+    let mut long_udp = Frame::new(c4, vip4, UDP, 40000, 53).bytes();
+    long_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&100u16.to_be_bytes());
+    let mut long_v6_payload = Frame::new(c6, ip("2001:db8::10"), TCP, 40000, 80).bytes();
+    long_v6_payload[18..20].copy_from_slice(&500u16.to_be_bytes());
+    // The frame builder puts the "ports" first: bytes 34.. are the ICMP type and code.
+    let icmp = |kind: u8, code: u8| {
+        let mut f = Frame::new(c4, vip4, ICMP, 0, 0).bytes();
+        f[34] = kind;
+        f[35] = code;
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>, u32, R)> = vec![
+        ("arp", frames::arp(), XDP_PASS, R::PASS_NOT_IP),
+        ("v4 closed port", Frame::new(c4, vip4, TCP, 40000, 22).bytes(), XDP_DROP, R::DROP_CLOSED),
+        ("v4 udp to tcp vip", Frame::new(c4, vip4, UDP, 40000, 80).bytes(), XDP_DROP, R::DROP_CLOSED),
+        ("v4 other address", Frame::new(c4, ip("192.0.2.99"), TCP, 40000, 80).bytes(), XDP_PASS, R::PASS_NOT_VIP),
+        ("icmp echo request to vip", icmp(8, 0), XDP_PASS, R::PASS_LOCAL_ICMP),
+        ("icmp echo reply to vip", icmp(0, 0), XDP_DROP, R::DROP_CLOSED),
+        ("icmp port unreachable to vip", icmp(3, 3), XDP_DROP, R::DROP_CLOSED),
+        ("icmp frag needed, too short", icmp(3, 4), XDP_PASS, R::PASS_MALFORMED),
+        ("ethernet only", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..14].to_vec(), XDP_PASS, R::PASS_TRUNCATED),
+        ("short ip header", Frame::new(c4, vip4, TCP, 1, 80).bytes()[..30].to_vec(), XDP_PASS, R::PASS_TRUNCATED),
+        ("short tcp header", truncated_tcp, XDP_PASS, R::PASS_TRUNCATED),
+        ("tcp data offset < 5", short_doff, XDP_PASS, R::PASS_MALFORMED),
+        ("tcp data offset past the packet", long_doff, XDP_PASS, R::PASS_MALFORMED),
+        ("ip version 6 in an IPv4 frame", bad_version, XDP_PASS, R::PASS_MALFORMED),
+        ("ipv4 total length past the frame", long_total, XDP_PASS, R::PASS_TRUNCATED),
+        ("udp length past the packet", long_udp, XDP_PASS, R::PASS_MALFORMED),
+        ("ipv6 payload length past the frame", long_v6_payload, XDP_PASS, R::PASS_TRUNCATED),
         (
             "first fragment",
             Frame { frag: 0x2000, ..Frame::new(c4, vip4, TCP, 40000, 80) }.bytes(),
-            XDP_PASS,
-            reasons::PASS_FRAGMENT,
+            XDP_DROP,
+            R::DROP_CLOSED,
         ),
         (
             "later fragment",
             Frame { frag: 0x0010, ..Frame::new(c4, vip4, UDP, 40000, 53) }.bytes(),
+            XDP_DROP,
+            R::DROP_CLOSED,
+        ),
+        (
+            "fragment to another address",
+            Frame { frag: 0x2000, ..Frame::new(c4, ip("192.0.2.99"), TCP, 40000, 80) }.bytes(),
             XDP_PASS,
-            reasons::PASS_FRAGMENT,
+            R::PASS_NOT_VIP,
         ),
         (
             "v6 hop-by-hop",
             Frame { v6_ext: Some(0), ..Frame::new(c6, ip("2001:db8::10"), TCP, 40000, 80) }.bytes(),
-            XDP_PASS,
-            reasons::PASS_IPV6_EXT,
+            XDP_DROP,
+            R::DROP_CLOSED,
         ),
-        ("no backend", Frame::new(c4, ip("192.0.2.11"), TCP, 40000, 80).bytes(), XDP_DROP, reasons::DROP_NO_BACKEND),
+        ("no backend", Frame::new(c4, ip("192.0.2.11"), TCP, 40000, 80).bytes(), XDP_DROP, R::DROP_NO_BACKEND),
     ];
     for (case, input, verdict, reason) in &cases {
         assert_passed_or_dropped(&lab, input, *verdict, *reason, case);

@@ -186,7 +186,10 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             info!(iface, pins = %pin_dir.display(), "new XDP program swapped into the pinned link")
         }
     }
-    let loader::Loaded { ebpf, maps, .. } = loaded;
+    let loader::Loaded { ebpf, maps, logger, .. } = loaded;
+    if let Some(logger) = logger {
+        crate::kernel_log::spawn(logger);
+    }
     let (dp, adopted) = match &origin {
         MapsOrigin::Adopted => XdpDataplane::adopt(maps, &load)?,
         MapsOrigin::Fresh => (XdpDataplane::new(maps, &load), vec![]),
@@ -622,7 +625,8 @@ impl Agent {
                 let with_pod = effective.iter().filter(|e| !e.draining && state.pod_of(&vip, e.addr).is_some());
                 progress.extend(with_pod.map(|e| (vip, *e)));
             }
-            changes.insert(vip, Some(SnapVip { backends, affinity_timeout_s: spec.affinity_timeout_s }));
+            let source_ranges = spec.source_ranges.clone();
+            changes.insert(vip, Some(SnapVip { backends, affinity_timeout_s: spec.affinity_timeout_s, source_ranges }));
         }
         log_events(&events);
         let report = if scope.all {

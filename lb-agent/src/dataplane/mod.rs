@@ -41,6 +41,8 @@ pub struct SnapVip {
     pub backends: Vec<SnapBackend>,
     /// Client-address affinity timeout; 0 = no affinity.
     pub affinity_timeout_s: u32,
+    /// Clients allowed (`loadBalancerSourceRanges`); empty = every client.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Everything a data plane must hold: every VIP with its backends.

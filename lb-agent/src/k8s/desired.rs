@@ -42,11 +42,26 @@ impl fmt::Display for ServiceKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceProblem {
     NoAddress,
-    BadAddress { value: String },
-    UnsupportedProtocol { port: i32, protocol: String },
-    PortMismatch { port: i32, endpoint_port: i32 },
-    Conflict { vip: Vip, owner: ServiceKey },
+    BadAddress {
+        value: String,
+    },
+    UnsupportedProtocol {
+        port: i32,
+        protocol: String,
+    },
+    PortMismatch {
+        port: i32,
+        endpoint_port: i32,
+    },
+    Conflict {
+        vip: Vip,
+        owner: ServiceKey,
+    },
     NoReadyEndpoints,
+    /// `spec.loadBalancerSourceRanges` has an entry that is no CIDR of the VIP's family.
+    BadSourceRange {
+        error: crate::config::FieldError,
+    },
 }
 
 impl ServiceProblem {
@@ -59,6 +74,7 @@ impl ServiceProblem {
             ServiceProblem::PortMismatch { .. } => "PortMismatch",
             ServiceProblem::Conflict { .. } => "AddressConflict",
             ServiceProblem::NoReadyEndpoints => "NoReadyEndpoints",
+            ServiceProblem::BadSourceRange { .. } => "InvalidSourceRange",
         }
     }
 }
@@ -79,6 +95,7 @@ impl fmt::Display for ServiceProblem {
             ),
             ServiceProblem::Conflict { vip, owner } => write!(f, "{vip} is already used by Service {owner} (the older one keeps it)"),
             ServiceProblem::NoReadyEndpoints => write!(f, "no ready endpoints: traffic to its VIPs is dropped"),
+            ServiceProblem::BadSourceRange { error } => write!(f, "{error}; the Service is not served"),
         }
     }
 }
@@ -186,6 +203,14 @@ fn candidate(svc: &ServiceView, slices: &[&SliceView], progress: &impl Fn(&str, 
         }
     };
     c.address = Some(address);
+    let ranges = match crate::config::parse_source_ranges("spec.loadBalancerSourceRanges", address, &svc.source_ranges)
+    {
+        Ok(r) => r,
+        Err(error) => {
+            c.ports.push(PortOutcome::Problem(ServiceProblem::BadSourceRange { error }));
+            return c;
+        }
+    };
     for port in &svc.ports {
         let proto = match port.protocol.as_str() {
             "TCP" => Protocol::Tcp,
@@ -204,7 +229,13 @@ fn candidate(svc: &ServiceView, slices: &[&SliceView], progress: &impl Fn(&str, 
         }
         c.ports.push(match backends(slices, port, &vip, progress, &mut c.pods) {
             Ok(backends) => {
-                PortOutcome::Vip(vip, VipSpec { backends, ramp: None, affinity_timeout_s: svc.affinity_timeout_s })
+                let spec = VipSpec {
+                    backends,
+                    ramp: None,
+                    affinity_timeout_s: svc.affinity_timeout_s,
+                    source_ranges: ranges.clone(),
+                };
+                PortOutcome::Vip(vip, spec)
             }
             Err(p) => PortOutcome::Problem(p),
         });

@@ -43,6 +43,8 @@ pub struct ServiceView {
     pub requested: Option<String>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
     pub affinity_timeout_s: u32,
+    /// `spec.loadBalancerSourceRanges`, as written.
+    pub source_ranges: Vec<String>,
     pub ports: Vec<PortView>,
 }
 
@@ -110,7 +112,16 @@ impl ServiceView {
         let uid = s.metadata.uid.clone();
         let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let ours = is_ours(s, sel);
-        let mut view = ServiceView { key, uid, created, ours, requested: None, affinity_timeout_s: 0, ports: vec![] };
+        let mut view = ServiceView {
+            key,
+            uid,
+            created,
+            ours,
+            requested: None,
+            affinity_timeout_s: 0,
+            source_ranges: vec![],
+            ports: vec![],
+        };
         let Some(spec) = s.spec.as_ref().filter(|_| ours) else { return view };
         view.requested = spec
             .load_balancer_ip
@@ -121,6 +132,7 @@ impl ServiceView {
             let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()?.timeout_seconds);
             view.affinity_timeout_s = timeout.map(|t| t.max(1) as u32).unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
         }
+        view.source_ranges = spec.load_balancer_source_ranges.clone().unwrap_or_default();
         view.ports = spec
             .ports
             .iter()

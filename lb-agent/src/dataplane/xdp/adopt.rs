@@ -38,6 +38,7 @@ impl XdpDataplane {
                 by_vip_id.entry(b.vip_id).or_default().push((id as u32, b));
             }
         }
+        let mut ranges = super::addrs::read_ranges(&dp.maps).map_err(|e| read("SRC_RANGES", e))?;
         let mut adopted = Vec::new();
         for (key, meta) in metas {
             let Some(vip) = Vip::from_key(&key) else { continue };
@@ -65,8 +66,11 @@ impl XdpDataplane {
                 applied: None,
                 table_changed_at: Instant::now(),
                 in_transition: live.iter().any(|e| e.backend != e.prev),
+                ranges: ranges.remove(&meta.id).unwrap_or_default(),
             };
             dp.vips.insert(vip, state);
+            // Rewrites what is there already, and counts the address's users.
+            dp.addrs.add(&mut dp.maps, vip.addr).map_err(|source| XdpError::Map { vip, map: "VIP_ADDRS", source })?;
         }
         Ok((dp, adopted))
     }

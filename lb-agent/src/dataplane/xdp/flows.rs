@@ -65,8 +65,19 @@ pub(super) fn maintain(dp: &mut XdpDataplane, idle: Duration) -> Result<Maintena
     Ok(m)
 }
 
+/// Every pin, confirmed (`FLOWS`) or not yet (`FLOWS_NEW`); a key in both counts once,
+/// as its confirmed entry.
 fn read_flows(dp: &XdpDataplane) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
-    dp.maps.flows.iter().collect::<Result<Vec<_>, _>>().map_err(|source| XdpError::Read { map: "FLOWS", source })
+    let mut out: std::collections::HashMap<FlowKey, FlowValue> = std::collections::HashMap::new();
+    for entry in dp.maps.flows_new.iter() {
+        let (k, v) = entry.map_err(|source| XdpError::Read { map: "FLOWS_NEW", source })?;
+        out.insert(k, v);
+    }
+    for entry in dp.maps.flows.iter() {
+        let (k, v) = entry.map_err(|source| XdpError::Read { map: "FLOWS", source })?;
+        out.insert(k, v);
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// The slot a pinned flow of `vip` hashes to.
@@ -74,12 +85,7 @@ fn slot_of(dp: &XdpDataplane, vip: &Vip, affinity: bool, key: &FlowKey) -> u32 {
     let src = addr_from_bytes(family(vip.addr), &key.src_addr);
     let ports = hash::vip_ports_word(affinity, key.src_port_be, vip.port.to_be());
     let (s, d) = (hash::addr_words(&addr_bytes(src)), hash::addr_words(&addr_bytes(vip.addr)));
-    let seed = dp.opts.hash_seed;
-    let h = if vip.addr.is_ipv4() {
-        hash::flow_hash_v4(s[0], d[0], ports, vip.proto.number(), seed)
-    } else {
-        hash::flow_hash_v6(&s, &d, ports, vip.proto.number(), seed)
-    };
+    let h = hash::flow_hash_words(family(vip.addr), &s, &d, ports, vip.proto.number(), dp.opts.hash_seed);
     maglev::slot_of(h, dp.opts.table_size)
 }
 

@@ -6,10 +6,11 @@
 //! so a packet never sees half a table. A VIP whose input did not change is skipped, so
 //! a repeat of the same snapshot writes nothing.
 
+mod addrs;
 mod adopt;
 mod flows;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::maglev::{self, Member};
 use lb_common::{
     Backend, TableEntry, Traffic, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, BACKEND_F_PRESENT, NO_BACKEND,
-    VIP_F_AFFINITY, VIP_F_NO_BACKENDS,
+    VIP_F_AFFINITY, VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
 };
 
 pub use adopt::AdoptedBackend;
@@ -91,6 +92,8 @@ struct VipState {
     /// When the table last changed, and whether slots may be in transition.
     table_changed_at: Instant,
     in_transition: bool,
+    /// The source ranges written to `SRC_RANGES`.
+    ranges: BTreeSet<ipnet::IpNet>,
 }
 
 pub struct XdpDataplane {
@@ -100,6 +103,7 @@ pub struct XdpDataplane {
     vip_ids: IdPool,
     backend_ids: IdPool,
     nr_cpus: usize,
+    addrs: addrs::AddrBook,
 }
 
 impl XdpDataplane {
@@ -114,6 +118,7 @@ impl XdpDataplane {
             vip_ids: IdPool::new(vip_capacity),
             backend_ids: IdPool::new(opts.max_backends),
             nr_cpus,
+            addrs: addrs::AddrBook::default(),
         }
     }
 
@@ -141,6 +146,9 @@ impl XdpDataplane {
             self.backend_ids.give(b.id);
             writes += 1;
         }
+        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &BTreeSet::new(), true)
+            .map_err(|e| map_err("SRC_RANGES", e))?;
+        writes += self.addrs.remove(&mut self.maps, vip.addr).map_err(|e| map_err("VIP_ADDRS", e))?;
         self.vip_ids.give(state.id);
         Ok(writes)
     }
@@ -159,6 +167,7 @@ impl XdpDataplane {
             applied: None,
             table_changed_at: Instant::now(),
             in_transition: false,
+            ranges: BTreeSet::new(),
         };
         self.vips.insert(vip, state);
         Ok(())
@@ -190,8 +199,14 @@ impl XdpDataplane {
         };
         let mut meta = state.meta;
         meta.id = state.id;
-        meta.affinity_timeout_s = wanted.affinity_timeout_s;
-        meta.flags = if wanted.affinity_timeout_s > 0 { VIP_F_AFFINITY } else { 0 } | (meta.flags & VIP_F_NO_BACKENDS);
+        meta.affinity_timeout_s = affinity_timeout(vip, &state.meta, wanted, is_new);
+        let ranges: BTreeSet<ipnet::IpNet> = wanted.source_ranges.iter().copied().collect();
+        meta.flags = if meta.affinity_timeout_s > 0 { VIP_F_AFFINITY } else { 0 }
+            | if ranges.is_empty() { 0 } else { VIP_F_SOURCE_RANGES }
+            | (meta.flags & VIP_F_NO_BACKENDS);
+        // New ranges are in place before the flag (or the flip) makes them count.
+        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, false)
+            .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
         if let Some(next) = &next {
             let idle = if is_new { 0 } else { 1 - state.meta.half };
             writes +=
@@ -207,6 +222,16 @@ impl XdpDataplane {
             self.maps.vips.insert(vip.key(), meta, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;
             state.meta = meta;
             writes += 1;
+        }
+        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, true)
+            .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
+        state.ranges = ranges;
+        if is_new {
+            writes += self.addrs.add(&mut self.maps, vip.addr).map_err(|source| XdpError::Map {
+                vip,
+                map: "VIP_ADDRS",
+                source,
+            })?;
         }
         // Backends that left are unreachable from the live table now.
         for id in removed {
@@ -276,6 +301,26 @@ impl XdpDataplane {
         }
         Ok(writes)
     }
+}
+
+/// The affinity timeout to program. Affinity cannot be turned on or off on a live VIP:
+/// the hash would change for every flow (with affinity it leaves the ports out) and
+/// established connections would move. Such a change is refused with a log line and the
+/// VIP keeps its mode; removing the VIP and adding it again applies it.
+fn affinity_timeout(vip: Vip, live: &VipMeta, wanted: &SnapVip, is_new: bool) -> u32 {
+    let was = live.flags & VIP_F_AFFINITY != 0;
+    let want = wanted.affinity_timeout_s > 0;
+    if is_new || was == want {
+        return wanted.affinity_timeout_s;
+    }
+    tracing::warn!(
+        %vip,
+        field = "session_affinity",
+        kept = if was { "ClientIP" } else { "None" },
+        "session affinity cannot be turned on or off while the VIP is live (established connections would \
+         move to other backends); the VIP keeps its mode: remove the VIP and add it again to change it"
+    );
+    live.affinity_timeout_s
 }
 
 /// A digest of a VIP's input (kept instead of the input itself: 8 bytes per VIP rather

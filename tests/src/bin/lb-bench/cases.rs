@@ -6,7 +6,7 @@ use anyhow::Result;
 use lb_agent::explain::Reason;
 use lb_agent::loader::{PROG_LB, PROG_PASS};
 use lb_agent::model::Vip;
-use lb_common::stats as reasons;
+use lb_common::stats::Reason as R;
 use lb_tests::frames::{Frame, ACK, SYN, TCP};
 
 use crate::report::{Row, Target};
@@ -24,11 +24,10 @@ const NEW_FLOW: Target = Target { max: 250.0, stretch: None };
 const NON_VIP: Target = Target { max: 40.0, stretch: None };
 
 const EMPTY: Expect = Expect { verdict: XDP_PASS, counters: &[] };
-const STABLE: Expect = Expect { verdict: XDP_TX, counters: &[reasons::TX] };
-const PINNED: Expect = Expect { verdict: XDP_TX, counters: &[reasons::TX, reasons::NOTE_FLOW_LOOKUP] };
-const NOT_VIP: Expect = Expect { verdict: XDP_PASS, counters: &[reasons::PASS_NOT_VIP] };
-const INSERTED: Expect =
-    Expect { verdict: XDP_TX, counters: &[reasons::TX, reasons::NOTE_FLOW_LOOKUP, reasons::NOTE_FLOW_PINNED] };
+const STABLE: Expect = Expect { verdict: XDP_TX, counters: &[R::TX.0] };
+const PINNED: Expect = Expect { verdict: XDP_TX, counters: &[R::TX.0, R::NOTE_FLOW_LOOKUP.0] };
+const NOT_VIP: Expect = Expect { verdict: XDP_PASS, counters: &[R::PASS_NOT_VIP.0] };
+const INSERTED: Expect = Expect { verdict: XDP_TX, counters: &[R::TX.0, R::NOTE_FLOW_LOOKUP.0, R::NOTE_FLOW_PINNED.0] };
 
 /// What the figures were measured against, for the report.
 pub struct Setup {

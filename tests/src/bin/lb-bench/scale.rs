@@ -80,7 +80,7 @@ pub fn snapshot() -> Snapshot {
     let mut snap = Snapshot::default();
     for i in 0..VIPS {
         let backends = (0..PER_VIP).map(|j| backend(base, i * PER_VIP + j, weight(i, j))).collect();
-        snap.vips.insert(vip(i), SnapVip { backends, affinity_timeout_s: 0 });
+        snap.vips.insert(vip(i), SnapVip { backends, ..SnapVip::default() });
     }
     snap
 }

@@ -1,0 +1,83 @@
+//! The maps and the load-time globals. Capacities here are the compiled defaults; the
+//! agent sets the real sizes at load time.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    stats::REASON_COUNT, AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, SrcRangeKey, TableEntry, Traffic,
+    VipKey, VipMeta, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAX_SRC_RANGES,
+    NEW_FLOWS_DIVISOR, TABLE_HALVES, VIP_FILTER_WORDS,
+};
+
+const MAX_VIPS: usize = DEFAULT_MAX_VIPS as usize;
+const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
+const TABLE_ENTRIES: usize = (DEFAULT_MAX_VIPS * TABLE_HALVES * DEFAULT_TABLE_SIZE) as usize;
+/// Per-CPU LRU lists: an insert takes no lock shared with the other CPUs.
+const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
+
+/// (address, port, protocol) -> the VIP's id, flags and live table half.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipMeta, MAX_VIPS> = HashMap::new();
+/// Every VIP address (any port): what is closed on it is dropped, not passed.
+#[btf_map]
+pub static VIP_ADDRS: HashMap<AddrKey, u32, MAX_VIPS> = HashMap::new();
+/// A bit per hashed VIP address (`hash::filter_bit`): a clear bit means "no VIP address"
+/// after one array read.
+#[btf_map]
+pub static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+/// Allowed client ranges of the VIPs that have them, keyed by VIP id then address.
+#[btf_map]
+pub static SRC_RANGES: LpmTrie<SrcRangeKey, u32, { MAX_SRC_RANGES as usize }, { BPF_F_NO_PREALLOC as usize }> =
+    LpmTrie::new();
+#[btf_map]
+pub static BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
+/// Memory-mappable: the agent writes tables with plain stores, not one syscall a slot.
+#[btf_map]
+pub static TABLES: Array<TableEntry, TABLE_ENTRIES, { BPF_F_MMAPABLE as usize }> = Array::new();
+/// Confirmed flows: pinned once a flow sent a second packet.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_MAX_FLOWS as usize }, LRU_FLAGS> = LruHashMap::new();
+/// First packets (SYNs, a UDP flow's first datagram): a flood of one-packet flows only
+/// churns this table, never the confirmed pins of other VIPs.
+#[btf_map]
+pub static FLOWS_NEW: LruHashMap<FlowKey, FlowValue, { (DEFAULT_MAX_FLOWS / NEW_FLOWS_DIVISOR) as usize }, LRU_FLAGS> =
+    LruHashMap::new();
+#[btf_map]
+pub static REASONS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<Traffic, MAX_VIPS> = PerCpuArray::new();
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<Traffic, MAX_BACKENDS> = PerCpuArray::new();
+/// What the maps were created with (written by the agent, never read here).
+#[btf_map]
+pub static META: Array<Meta, 1> = Array::new();
+
+// Load-time knobs, written by the agent with `EbpfLoader::override_global`.
+#[no_mangle]
+static HASH_SEED: u32 = 0;
+#[no_mangle]
+static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
+/// The MAC of the interface the program is attached to (source of forwarded frames).
+#[no_mangle]
+static LB_MAC: [u8; 6] = [0; 6];
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    // SAFETY: a load-time constant in .rodata; volatile so it is not folded at build time.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn table_size() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TABLE_SIZE) }
+}
+
+#[inline(always)]
+pub fn lb_mac() -> [u8; 6] {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&LB_MAC) }
+}
