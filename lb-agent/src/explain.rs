@@ -108,7 +108,7 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
             draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
             age_ns: monotonic_coarse_ns().saturating_sub(v.last_seen_ns),
         };
-        Ok(maglev::pin_usable(timeout, syn, &pin))
+        Ok(maglev::pin_usable(timeout, 0, syn, &pin))
     };
     let udp = q.vip.proto == Protocol::Udp;
     let tcp = !udp;

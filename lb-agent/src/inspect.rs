@@ -89,10 +89,15 @@ pub fn inspect(maps: &Maps, meta: &Meta, flow_idle: Duration) -> Result<Inspecti
     let now = monotonic_coarse_ns();
     let idle = flow_idle.as_nanos() as u64;
     let mut live_by_backend: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut flows = 0;
-    for entry in maps.flows.iter() {
-        let (_, v) = entry?;
-        flows += 1;
+    // Confirmed pins, and first packets not confirmed yet (a key in both counts once).
+    let mut pins: std::collections::HashMap<lb_common::FlowKey, lb_common::FlowValue> =
+        std::collections::HashMap::new();
+    for entry in maps.flows_new.iter().chain(maps.flows.iter()) {
+        let (k, v) = entry?;
+        pins.insert(k, v);
+    }
+    let flows = pins.len();
+    for v in pins.values() {
         if v.flags & FLOW_F_CLOSING == 0 && now.saturating_sub(v.last_seen_ns) <= idle {
             *live_by_backend.entry(v.backend).or_default() += 1;
         }

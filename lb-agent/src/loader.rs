@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     /// Source MAC of forwarded frames (the interface's own).
     pub lb_mac: [u8; 6],
+    /// `--flow-idle-timeout`: a pin silent for longer is not followed.
+    pub flow_idle_ns: u64,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +48,7 @@ impl Default for LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
             hash_seed: 0,
             lb_mac: [0; 6],
+            flow_idle_ns: 120_000_000_000,
         }
     }
 }
@@ -186,6 +189,7 @@ impl Maps {
             max_flows: meta.max_flows,
             hash_seed: meta.hash_seed,
             lb_mac: [0; 6],
+            flow_idle_ns: 0,
         };
         let maps = Maps {
             vips: typed!(HashMap, MAP_VIPS),
@@ -254,6 +258,7 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
         .override_global("HASH_SEED", &opts.hash_seed, true)
         .override_global("TABLE_SIZE", &opts.table_size, true)
         .override_global("LB_MAC", &opts.lb_mac, true)
+        .override_global("FLOW_IDLE_NS", &opts.flow_idle_ns, true)
         .map_max_entries(MAP_VIPS, opts.max_vips)
         .map_max_entries(MAP_VIP_STATS, opts.max_vips)
         .map_max_entries(MAP_BACKENDS, opts.max_backends)

@@ -282,6 +282,7 @@ fn options(
         max_flows: cli.max_flows,
         hash_seed: cli.hash_seed,
         lb_mac: [0; 6],
+        flow_idle_ns: cli.flow_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
     };
     Ok(RunOptions {
         config,

@@ -52,18 +52,20 @@ pub struct Pin {
 }
 
 /// May a packet follow a flow-table entry? Without affinity only packets of an
-/// established flow do (a SYN starts a new connection). With affinity (timeout > 0) the
+/// established flow do (a SYN starts a new connection), and only while the flow has not
+/// been silent for longer than `idle_ns` (then it is dead, and a packet with the same
+/// addresses and ports starts a new flow; 0 = no limit). With affinity (timeout > 0) the
 /// entry pins the client: any packet follows it while it is younger than the timeout,
 /// except that a new connection is not sent to a draining backend.
 #[inline(always)]
-pub fn pin_usable(affinity_timeout_s: u32, syn: bool, pin: &Pin) -> bool {
+pub fn pin_usable(affinity_timeout_s: u32, idle_ns: u64, syn: bool, pin: &Pin) -> bool {
     if !pin.active {
         return false;
     }
     if affinity_timeout_s > 0 {
         pin.age_ns <= affinity_timeout_s as u64 * 1_000_000_000 && !(syn && pin.draining)
     } else {
-        !syn
+        !syn && (idle_ns == 0 || pin.age_ns <= idle_ns)
     }
 }
 

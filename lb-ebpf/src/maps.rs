@@ -63,6 +63,15 @@ static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
 /// The MAC of the interface the program is attached to (source of forwarded frames).
 #[no_mangle]
 static LB_MAC: [u8; 6] = [0; 6];
+/// A flow silent for longer than this is dead: its pin is not followed (0 = no limit).
+#[no_mangle]
+static FLOW_IDLE_NS: u64 = 0;
+
+#[inline(always)]
+pub fn flow_idle_ns() -> u64 {
+    // SAFETY: a load-time constant in .rodata.
+    unsafe { core::ptr::read_volatile(&FLOW_IDLE_NS) }
+}
 
 #[inline(always)]
 pub fn hash_seed() -> u32 {

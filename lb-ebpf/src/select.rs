@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{hash_seed, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
+    maps::{flow_idle_ns, hash_seed, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
     stats::note,
 };
 
@@ -168,7 +168,7 @@ fn usable(pin: &FlowValue, vip_id: u32, timeout_s: u32, syn: bool, now: u64) -> 
         draining: b.is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0),
         age_ns: now.saturating_sub(pin.last_seen_ns),
     };
-    if maglev::pin_usable(timeout_s, syn, &state) {
+    if maglev::pin_usable(timeout_s, flow_idle_ns(), syn, &state) {
         b
     } else {
         None

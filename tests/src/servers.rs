@@ -178,11 +178,24 @@ pub fn tcp_backends(lab: &Lab, vip: SocketAddr, n: usize) -> Result<Vec<String>>
 /// Sends `n` UDP requests, each from a new socket (a new source port); returns the
 /// backend that answered each.
 pub fn udp_backends(lab: &Lab, vip: SocketAddr, n: usize) -> Result<Vec<String>> {
+    udp_backends_from(lab, vip, n, 0)
+}
+
+/// As `udp_backends`, from source ports `first_port..first_port + n` (0: the kernel's
+/// choice). A UDP flow is its addresses and ports: a source port used within the flow
+/// idle time is the same flow and keeps its backend, so a check that new flows avoid a
+/// draining backend must use ports it never used before (below the ephemeral range).
+pub fn udp_backends_from(lab: &Lab, vip: SocketAddr, n: usize, first_port: u16) -> Result<Vec<String>> {
     run_in(&lab.client(), move || {
         (0..n)
             .map(|i| {
-                let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-                let s = UdpSocket::bind(bind)?;
+                let port = if first_port == 0 { 0 } else { first_port + i as u16 };
+                let any: std::net::IpAddr = if vip.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let s = UdpSocket::bind(SocketAddr::new(any, port))?;
                 s.connect(vip)?;
                 s.set_read_timeout(Some(TIMEOUT))?;
                 s.send(b"who")?;

@@ -108,7 +108,10 @@ fn scenario(mode: XdpModeChoice, tag: &str) -> Result<()> {
         Ok(draining(maps.backend_by_addr(b1v4)?) && draining(maps.backend_by_addr(b1v6)?))
     })?;
     std::thread::sleep(Duration::from_millis(200));
-    for (what, names) in [("IPv4 TCP", tcp_backends(&lab, v4t, 400)?), ("IPv6 UDP", udp_backends(&lab, v6u, 300)?)] {
+    // New UDP flows: source ports never used before (a port used within the flow idle
+    // time is the same flow, which keeps its backend, draining or not).
+    let new_udp = lb_tests::servers::udp_backends_from(&lab, v6u, 300, 20_000)?;
+    for (what, names) in [("IPv4 TCP", tcp_backends(&lab, v4t, 400)?), ("IPv6 UDP", new_udp)] {
         let per: BTreeMap<_, _> = split(&names);
         ensure!(!per.contains_key("b1"), "{what}: removed backend b1 got new connections: {per:?}");
     }

@@ -62,6 +62,7 @@ impl Lab {
             max_flows: 4096,
             hash_seed: SEED,
             lb_mac: LB_MAC,
+            flow_idle_ns: 120_000_000_000,
         };
         let loader::Loaded { ebpf, maps, .. } = loader::load(&opts).expect("load XDP object");
         let mut dp = XdpDataplane::new(maps, &opts);

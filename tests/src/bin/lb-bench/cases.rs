@@ -48,6 +48,9 @@ pub fn measure(plan: &Plan) -> Result<(Vec<Row>, Setup)> {
     let moved = bench.pick(NET_ESTABLISHED, ACK, Reason::PreviousBackend, 1)?.remove(0);
     bench.check_forwarded(&stable, Reason::Stable)?;
     bench.check_forwarded(&moved, Reason::Pinned)?;
+    // The second packet confirms the flow's pin from FLOWS_NEW into FLOWS, where the
+    // measured packets find it.
+    bench.check_forwarded(&moved, Reason::Pinned)?;
     let mut rows = bench.repeated(plan, &stable, &moved)?;
     let (new_rows, insert_ns) = bench.new_flows(plan)?;
     rows.extend(new_rows);

@@ -49,6 +49,7 @@ pub fn options() -> LoadOptions {
         max_flows: MAX_FLOWS,
         hash_seed: SEED,
         lb_mac: LB_MAC,
+        flow_idle_ns: 120_000_000_000,
     }
 }
 

@@ -50,6 +50,7 @@ impl Bench {
             max_flows: 262_144,
             hash_seed: SEED,
             lb_mac: LB_MAC,
+            flow_idle_ns: 120_000_000_000,
         };
         let loader::Loaded { ebpf, maps, .. } = loader::load(&opts).context("loading the XDP object")?;
         let dp = XdpDataplane::new(maps, &opts);
