@@ -82,8 +82,6 @@ pub enum Problem {
     Affinity,
     #[error("must be a CIDR such as 198.51.100.0/24 or 2001:db8::/32")]
     SourceRange,
-    #[error("an IPv{range} range cannot admit clients of an IPv{vip} VIP")]
-    RangeFamily { vip: u8, range: u8 },
     #[error("must be a prime of at least 3 (Maglev needs every skip to visit every slot)")]
     NotPrime,
     #[error("must be at least 1")]
@@ -332,14 +330,15 @@ pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
     }
     let (ramp, affinity_timeout_s) = vip_settings(raw)?;
     let field = raw.origin.replace(".address", ".source_ranges");
-    let source_ranges = parse_source_ranges(&field, vip.addr, &raw.source_ranges)?;
+    let source_ranges = parse_source_ranges(&field, &raw.source_ranges)?;
     Ok((vip, VipSpec { backends, ramp, affinity_timeout_s, source_ranges }))
 }
 
-/// Parses allowed client ranges (`198.51.100.0/24`; a bare address is a single host),
-/// of the VIP's family. Host bits are cleared.
-pub fn parse_source_ranges(field: &str, vip: IpAddr, ranges: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
-    let fam = |v4: bool| if v4 { 4 } else { 6 };
+/// Parses allowed client ranges (`198.51.100.0/24`; a bare address is a single host).
+/// Host bits are cleared. Ranges of both families may be listed (a dual-stack Service
+/// lists both): a VIP admits the clients of its own family's ranges, and none of its
+/// family if the list has only the other family's.
+pub fn parse_source_ranges(field: &str, ranges: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
     let mut out = Vec::with_capacity(ranges.len());
     for r in ranges {
         let text = r.trim();
@@ -350,10 +349,6 @@ pub fn parse_source_ranges(field: &str, vip: IpAddr, ranges: &[String]) -> Resul
                 Err(_) => return Err(FieldError::new(field, r, Problem::SourceRange)),
             },
         };
-        if net.addr().is_ipv4() != vip.is_ipv4() {
-            let problem = Problem::RangeFamily { vip: fam(vip.is_ipv4()), range: fam(net.addr().is_ipv4()) };
-            return Err(FieldError::new(field, r, problem));
-        }
         let net = net.trunc();
         if !out.contains(&net) {
             out.push(net);

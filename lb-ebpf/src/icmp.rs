@@ -134,7 +134,7 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip, ports_off: usize, proto: u8, client: [
         closing: false,
         icmp: true,
     };
-    let verdict = vip::to_backend(ctx, &flow, &meta, false)?;
+    let verdict = vip::to_backend(ctx, &flow, &meta, ip.options)?;
     crate::stats::note(Reason::NOTE_ICMP_PTB);
     Ok(verdict)
 }

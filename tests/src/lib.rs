@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod frames;
+pub mod fuzz;
 pub mod kube;
 pub mod lab;
 pub mod netns;

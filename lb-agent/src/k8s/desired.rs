@@ -203,8 +203,7 @@ fn candidate(svc: &ServiceView, slices: &[&SliceView], progress: &impl Fn(&str, 
         }
     };
     c.address = Some(address);
-    let ranges = match crate::config::parse_source_ranges("spec.loadBalancerSourceRanges", address, &svc.source_ranges)
-    {
+    let ranges = match crate::config::parse_source_ranges("spec.loadBalancerSourceRanges", &svc.source_ranges) {
         Ok(r) => r,
         Err(error) => {
             c.ports.push(PortOutcome::Problem(ServiceProblem::BadSourceRange { error }));

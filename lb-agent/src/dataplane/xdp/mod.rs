@@ -200,9 +200,11 @@ impl XdpDataplane {
         let mut meta = state.meta;
         meta.id = state.id;
         meta.affinity_timeout_s = affinity_timeout(vip, &state.meta, wanted, is_new);
-        let ranges: BTreeSet<ipnet::IpNet> = wanted.source_ranges.iter().copied().collect();
+        // Only the VIP's family's ranges can match; a list with none of them admits no one.
+        let ranges: BTreeSet<ipnet::IpNet> =
+            wanted.source_ranges.iter().filter(|n| n.addr().is_ipv4() == vip.addr.is_ipv4()).copied().collect();
         meta.flags = if meta.affinity_timeout_s > 0 { VIP_F_AFFINITY } else { 0 }
-            | if ranges.is_empty() { 0 } else { VIP_F_SOURCE_RANGES }
+            | if wanted.source_ranges.is_empty() { 0 } else { VIP_F_SOURCE_RANGES }
             | (meta.flags & VIP_F_NO_BACKENDS);
         // New ranges are in place before the flag (or the flip) makes them count.
         writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, false)
