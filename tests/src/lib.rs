@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod kube;
 pub mod lab;
 pub mod netns;
+pub mod probe;
 pub mod servers;
 pub mod traffic;
 
