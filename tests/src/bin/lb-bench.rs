@@ -1,15 +1,22 @@
 //! `cargo xtask bench`: the XDP program's per-packet cost through BPF_PROG_TEST_RUN,
 //! the Maglev build time, the control plane at scale (10,000 VIPs through
 //! `XdpDataplane::apply`) and the agent at Kubernetes scale (10,000 Services in a real
-//! API server), printed and written to BENCHMARKS.md.
+//! API server), and flood isolation (a SYN flood at one VIP while another's table changes,
+//! in network namespaces), printed and written to BENCHMARKS.md.
 //!
-//! Usage: `lb-bench [--quick] [--scale-only | --kube-only] [--out PATH]`. `--quick` takes
-//! fewer rounds and repetitions (same sizes); `--scale-only` / `--kube-only` measure only
+//! Usage: `lb-bench [--quick] [--scale-only | --kube-only | --flood-only] [--out PATH]`. `--quick` takes
+//! fewer rounds and repetitions (same sizes); `--scale-only` / `--kube-only` / `--flood-only` measure only
 //! that part and replace just its section of the file. Needs root (BPF); the Kubernetes
 //! part also needs network namespaces and the kube-apiserver and etcd binaries.
 
 #[path = "lb-bench/cases.rs"]
 mod cases;
+#[path = "lb-bench/flood.rs"]
+mod flood;
+#[path = "lb-bench/flood_gen.rs"]
+mod flood_gen;
+#[path = "lb-bench/flood_report.rs"]
+mod flood_report;
 #[path = "lb-bench/kube.rs"]
 mod kube;
 #[path = "lb-bench/maglev.rs"]
@@ -35,7 +42,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
-const USAGE: &str = "usage: lb-bench [--quick] [--scale-only | --kube-only] [--out PATH]";
+const USAGE: &str = "usage: lb-bench [--quick] [--scale-only | --kube-only | --flood-only] [--out PATH]";
 
 /// How much to measure.
 pub struct Plan {
@@ -83,17 +90,20 @@ struct Args {
     quick: bool,
     scale_only: bool,
     kube_only: bool,
+    flood_only: bool,
     out: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { quick: false, scale_only: false, kube_only: false, out: PathBuf::from(DEFAULT_OUT) };
+    let mut args =
+        Args { quick: false, scale_only: false, kube_only: false, flood_only: false, out: PathBuf::from(DEFAULT_OUT) };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--scale-only" => args.scale_only = true,
             "--kube-only" => args.kube_only = true,
+            "--flood-only" => args.flood_only = true,
             "--out" => args.out = it.next().context("--out needs a path")?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -102,8 +112,8 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    if args.scale_only && args.kube_only {
-        bail!("--scale-only and --kube-only exclude each other");
+    if [args.scale_only, args.kube_only, args.flood_only].iter().filter(|o| **o).count() > 1 {
+        bail!("--scale-only, --kube-only and --flood-only exclude each other");
     }
     Ok(args)
 }
@@ -160,6 +170,9 @@ fn run(args: &Args) -> Result<()> {
     let (doc, kube_result) = if args.kube_only {
         let section = measure_kube(&plan, true)?;
         (kube::splice(&old()?, &section), Ok(()))
+    } else if args.flood_only {
+        let section = measure_flood(&plan, true)?;
+        (flood_report::splice(&old()?, &section), Ok(()))
     } else if args.scale_only {
         let section = measure_scale(&plan, true)?;
         (scale_report::splice(&old()?, &section), Ok(()))
@@ -175,7 +188,12 @@ fn run(args: &Args) -> Result<()> {
             Ok(s) => (s, Ok(())),
             Err(e) => (kube::skipped(&format!("the run failed: {e:#}")), Err(e)),
         };
-        (kube::splice(&doc, &kube_section), result)
+        let doc = kube::splice(&doc, &kube_section);
+        let (flood_section, flood_result) = match measure_flood(&plan, false) {
+            Ok(s) => (s, Ok(())),
+            Err(e) => (flood_report::skipped(&format!("the run failed: {e:#}")), Err(e)),
+        };
+        (flood_report::splice(&doc, &flood_section), result.and(flood_result))
     };
     std::fs::write(&args.out, doc).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("lb-bench: wrote {}", args.out.display());
@@ -204,6 +222,22 @@ fn measure_kube(plan: &Plan, kube_only: bool) -> Result<String> {
     let section = kube::section(&k, plan.quick, kube_only);
     println!("{section}");
     for (what, met) in kube::verdicts(&k) {
+        eprintln!("lb-bench: target {}: {what}", if met { "met" } else { "MISSED" });
+    }
+    Ok(section)
+}
+
+/// The flood-isolation benchmark: prints its section and which targets it meets, returns
+/// the section (a "not measured" one when this machine cannot run it).
+fn measure_flood(plan: &Plan, flood_only: bool) -> Result<String> {
+    if let Some(why) = lb_tests::unavailable().or_else(flood_gen::unavailable) {
+        eprintln!("SKIP lb-bench flood part: {why}");
+        return Ok(flood_report::skipped(&why));
+    }
+    let f = flood::measure(plan.quick)?;
+    let section = flood_report::section(&f, flood_only);
+    println!("{section}");
+    for (what, met) in flood_report::verdicts(&f) {
         eprintln!("lb-bench: target {}: {what}", if met { "met" } else { "MISSED" });
     }
     Ok(section)

@@ -56,11 +56,40 @@ pub fn targets(d: &mut String, verdicts: Vec<(String, bool)>) {
     d.push('\n');
 }
 
+/// `doc` with the section under `heading` replaced by `section` (or the section added
+/// before "## Variance", or at the end; a new document if `doc` is empty).
+pub fn splice(doc: &str, heading: &str, section: &str) -> String {
+    if doc.trim().is_empty() {
+        return format!(
+            "# Benchmarks\n\nWritten by `cargo xtask bench` (`tests/src/bin/lb-bench.rs`); re-run it rather than \
+             editing by hand.\n\n{section}"
+        );
+    }
+    let next_heading = |from: usize| doc[from..].find("\n## ").map_or(doc.len(), |i| from + i + 1);
+    if let Some(start) = doc.find(&format!("\n{heading}\n")).map(|i| i + 1) {
+        let end = next_heading(start + heading.len());
+        return format!("{}{section}{}", &doc[..start], &doc[end..]);
+    }
+    match doc.find("\n## Variance\n") {
+        Some(i) => format!("{}{section}{}", &doc[..i + 1], &doc[i + 1..]),
+        None => format!("{}\n{section}", doc.trim_end_matches('\n').to_string() + "\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn counts_have_separators() {
         assert_eq!(super::count(1234567usize), "1,234,567");
         assert_eq!(super::count(999u64), "999");
+    }
+
+    #[test]
+    fn splices_a_section_before_variance_then_in_place() {
+        let doc = "# B\n\n## Results\n\nr\n\n## Variance\n\nv\n";
+        let once = super::splice(doc, "## X", "## X\n\nold\n\n");
+        assert_eq!(once, "# B\n\n## Results\n\nr\n\n## X\n\nold\n\n## Variance\n\nv\n");
+        let twice = super::splice(&once, "## X", "## X\n\nnew\n\n");
+        assert_eq!(twice, "# B\n\n## Results\n\nr\n\n## X\n\nnew\n\n## Variance\n\nv\n");
     }
 }
