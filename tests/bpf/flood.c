@@ -4,9 +4,9 @@
 // (lb-ebpf). Built by lb-bench at run time: clang -O2 -g -target bpf -c flood.c.
 //
 // * `flood_syn`: the traffic generator, run with BPF_PROG_TEST_RUN in live-frames mode
-//   (BPF_F_TEST_XDP_LIVE_FRAMES). Every run writes a whole IPv4 TCP SYN to the VIP with
-//   a random source address (in 198.18.0.0/15) and port, and returns XDP_TX: each frame
-//   is a new flow. The kernel recycles the frames' pages, and the balancer rewrote their
+//   (BPF_F_TEST_XDP_LIVE_FRAMES). Every run it keeps (a share `FLOOD_KEEP` of the runs)
+//   writes a whole IPv4 TCP SYN to the VIP with a random source address (in
+//   198.18.0.0/15) and port, and returns XDP_TX: each frame is a new flow. The kernel recycles the frames' pages, and the balancer rewrote their
 //   MACs on the way, so every header byte is written again on each run, checksums too.
 // * `flood_peer`: on the bridge-side peer of the balancer's veth, which receives the
 //   balancer's XDP_TX frames (a veth peer needs an XDP program for that): drops the
@@ -21,6 +21,19 @@
 #define INLINE static inline __attribute__((always_inline))
 
 static __u32 (*bpf_get_prandom_u32)(void) = (void *)BPF_FUNC_get_prandom_u32;
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
+
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+
+// How many of every 65,536 generated frames are sent (the rest are dropped at once):
+// lb-bench adjusts it between calls so that the flood matches what the balancer takes.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} FLOOD_KEEP SEC(".maps");
 
 // Set by the loader (aya's EbpfLoader::set_global) before loading.
 volatile const __u8 dst_mac[6] = {0};
@@ -69,6 +82,10 @@ int flood_syn(struct xdp_md *ctx) {
 	if (data + HDR_LEN > end)
 		return XDP_ABORTED;
 	__u32 r1 = bpf_get_prandom_u32(), r2 = bpf_get_prandom_u32();
+	__u32 zero = 0;
+	__u32 *keep = bpf_map_lookup_elem(&FLOOD_KEEP, &zero);
+	if (!keep || (r2 >> 16) >= *keep)
+		return XDP_DROP;
 	__u32 src_be = be32(SRC_NET | (r1 & SRC_MASK));
 
 	for (int i = 0; i < 6; i++) {

@@ -20,7 +20,7 @@ use lb_tests::netns::ip;
 use lb_tests::servers::{start_backend, TCP_PORT};
 use lb_tests::traffic::{wait_for, Background};
 
-use crate::flood_gen::{self, Generator, Sent, Target};
+use crate::flood_gen::{self, Forwarded, Generator, Sent, Target};
 use crate::section::{date, loadavg, online_cpus};
 use crate::stats::Summary;
 
@@ -111,9 +111,14 @@ impl Phase {
         self.counters[reason.0 as usize] as f64 / self.secs
     }
 
-    /// Frames per second the generator produced.
+    /// Frames per second the generator sent.
     pub fn generated(&self) -> f64 {
         self.sent.frames as f64 / self.sent.secs
+    }
+
+    /// Runs of the generator per second (sent or not).
+    pub fn runs(&self) -> f64 {
+        self.sent.runs as f64 / self.sent.secs
     }
 }
 
@@ -202,7 +207,7 @@ pub fn measure(quick: bool) -> Result<Flood> {
     // The bench pins its thread to one CPU; the lab's threads (servers, connections,
     // the generator) must spread over all of them. Put the pin back afterwards.
     let pinned = flood_gen::affinity()?;
-    flood_gen::set_affinity(&flood_gen::all_cpus(online_cpus() as usize))?;
+    flood_gen::set_affinity(&flood_gen::one_cpu(online_cpus() as usize - 1))?;
     let result = run(quick, &obj, date, load);
     flood_gen::set_affinity(&pinned)?;
     result
@@ -279,7 +284,9 @@ fn phase(
     duration: Duration,
     change: bool,
 ) -> Result<Phase> {
-    let generator = Generator::start(obj, at, target, cpu)?;
+    let feedback = PinnedMaps::open(&agent.pin_dir)?;
+    let forwarded: Forwarded = Box::new(move || feedback.reason(Reason::TX.0));
+    let generator = Generator::start(obj, at, target, cpu, forwarded)?;
     let measured = during(agent, maps, duration, change);
     let sent = generator.finish()?;
     let (first, last, secs, per_s, changes) = measured?;

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use aya::maps::{Array, MapData};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
@@ -28,10 +29,20 @@ pub const PASS: &str = "flood_pass";
 /// Frames per batch of the live-frames loop: the kernel's default (NAPI_POLL_WEIGHT),
 /// well under the veth ring of 256 frames that each batch is flushed into.
 pub const BATCH: u32 = 64;
-/// Frames per BPF_PROG_TEST_RUN call. Each call sets up and tears down its own page
-/// pool, which costs ~25 ms here: calls must be long (this one ~0.25 s at 1 Mpps), so
-/// the generator cannot be paced finer than that; it runs flat out.
-pub const CHUNK: u32 = 1 << 18;
+/// Runs of the generator per BPF_PROG_TEST_RUN call. Each call sets up and tears down
+/// its own page pool, ~25 ms here: calls must be long, and the rate is set inside the
+/// program instead (`FLOOD_KEEP`).
+pub const CHUNK: u32 = 1 << 17;
+/// The generator's map: how many of every `KEEP_ALL` runs send a frame.
+const KEEP_MAP: &str = "FLOOD_KEEP";
+pub const KEEP_ALL: u32 = 1 << 16;
+/// The pace: between calls, the share kept goes up by `UP` if the balancer forwarded at
+/// least `DELIVERED` of the frames sent during the call, down by `DOWN` otherwise.
+pub const DELIVERED: f64 = 0.97;
+pub const UP: f64 = 1.1;
+pub const DOWN: f64 = 0.8;
+const KEEP_START: u32 = KEEP_ALL / 4;
+const KEEP_MIN: u32 = 64;
 /// Ethernet + IPv4 + TCP (54 bytes), padded to the Ethernet minimum.
 pub const FRAME_LEN: usize = 60;
 
@@ -101,9 +112,12 @@ pub fn attach(obj: &Arc<Vec<u8>>, ns: &str, iface: &'static str, prog: &'static 
     })?
 }
 
-/// What the generator sent.
+/// What the generator did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sent {
+    /// Runs of the generator.
+    pub runs: u64,
+    /// Frames it sent (the runs it kept), expected value.
     pub frames: u64,
     pub secs: f64,
     pub cpu: usize,
@@ -111,17 +125,24 @@ pub struct Sent {
 
 /// A generator thread: in namespace `ns`, pinned to `cpu`, it runs the generator with
 /// live frames injected as received on `iface` (so XDP_TX sends them out of it) until
-/// it is finished.
+/// it is finished, at the pace the balancer forwards (see `Pace`).
 pub struct Generator {
     handle: JoinHandle<std::io::Result<Result<Sent>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Generator {
-    pub fn start(obj: &Arc<Vec<u8>>, at: (&str, &'static str), target: Target, cpu: usize) -> Result<Generator> {
+    /// `forwarded` reads the balancer's `tx` counter.
+    pub fn start(
+        obj: &Arc<Vec<u8>>,
+        at: (&str, &'static str),
+        target: Target,
+        cpu: usize,
+        forwarded: Forwarded,
+    ) -> Result<Generator> {
         let (obj, stop) = (obj.clone(), Arc::new(AtomicBool::new(false)));
         let s = stop.clone();
-        let handle = spawn_in(at.0, move || generate(&obj, at.1, &target, cpu, &s))?;
+        let handle = spawn_in(at.0, move || generate(&obj, at.1, &target, cpu, &s, forwarded))?;
         Ok(Generator { handle, stop })
     }
 
@@ -131,9 +152,20 @@ impl Generator {
     }
 }
 
-fn generate(obj: &[u8], iface: &str, target: &Target, cpu: usize, stop: &AtomicBool) -> Result<Sent> {
+/// Reads how many packets the balancer has forwarded so far.
+pub type Forwarded = Box<dyn FnMut() -> Result<u64> + Send>;
+
+fn generate(
+    obj: &[u8],
+    iface: &str,
+    target: &Target,
+    cpu: usize,
+    stop: &AtomicBool,
+    forwarded: Forwarded,
+) -> Result<Sent> {
     pin_thread(cpu)?;
-    let ebpf = load(obj, Some(target), 0, GENERATOR)?;
+    let mut ebpf = load(obj, Some(target), 0, GENERATOR)?;
+    let mut keep: Array<MapData, u32> = ebpf.take_map(KEEP_MAP).context("no FLOOD_KEEP map")?.try_into()?;
     let prog: &Xdp = ebpf.program(GENERATOR).context("no generator")?.try_into()?;
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
@@ -145,8 +177,10 @@ fn generate(obj: &[u8], iface: &str, target: &Target, cpu: usize, stop: &AtomicB
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let frame = [0u8; FRAME_LEN];
     let start = Instant::now();
-    let mut frames = 0u64;
+    let (mut runs, mut frames) = (0u64, 0u64);
+    let mut pace = Pace::new(forwarded)?;
     while !stop.load(Ordering::Relaxed) {
+        keep.set(0, pace.keep, 0).context("setting FLOOD_KEEP")?;
         let opts = TestRunOptions {
             data_in: Some(&frame),
             ctx_in: Some(&ctx),
@@ -155,9 +189,37 @@ fn generate(obj: &[u8], iface: &str, target: &Target, cpu: usize, stop: &AtomicB
             ..Default::default()
         };
         prog.test_run(opts).context("BPF_PROG_TEST_RUN with live frames")?;
-        frames += u64::from(CHUNK);
+        let sent = u64::from(CHUNK) * u64::from(pace.keep) / u64::from(KEEP_ALL);
+        (runs, frames) = (runs + u64::from(CHUNK), frames + sent);
+        pace.adjust(sent)?;
     }
-    Ok(Sent { frames, secs: start.elapsed().as_secs_f64(), cpu })
+    Ok(Sent { runs, frames, secs: start.elapsed().as_secs_f64(), cpu })
+}
+
+/// Keeps the flood at what the balancer forwards (multiplicative increase and decrease
+/// on its `tx` counter, once per call): frames beyond that would only overflow the
+/// balancer's receive ring, which every other packet to it shares (B's too), so the
+/// figure would measure a full queue rather than the balancer.
+struct Pace {
+    forwarded: Forwarded,
+    last: u64,
+    keep: u32,
+}
+
+impl Pace {
+    fn new(mut forwarded: Forwarded) -> Result<Pace> {
+        Ok(Pace { last: forwarded()?, forwarded, keep: KEEP_START })
+    }
+
+    /// `sent` frames went out during the last call.
+    fn adjust(&mut self, sent: u64) -> Result<()> {
+        let now = (self.forwarded)()?;
+        let share = (now - self.last) as f64 / sent.max(1) as f64;
+        self.last = now;
+        let factor = if share >= DELIVERED { UP } else { DOWN };
+        self.keep = ((f64::from(self.keep) * factor) as u32).clamp(KEEP_MIN, KEEP_ALL);
+        Ok(())
+    }
 }
 
 /// The CPUs this thread may run on.
@@ -187,6 +249,15 @@ pub fn all_cpus(n: usize) -> libc::cpu_set_t {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         (0..n.min(libc::CPU_SETSIZE as usize)).for_each(|c| libc::CPU_SET(c, &mut set));
+        set
+    }
+}
+
+pub fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: CPU_SET on a zeroed set, within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
         set
     }
 }

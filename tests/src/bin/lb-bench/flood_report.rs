@@ -7,7 +7,7 @@ use lb_common::stats::{Reason, REASON_NAMES, VERDICT_COUNT};
 use crate::flood::{
     Flood, Occupancy, Phase, AFTER, A_PORT, BRIDGE_FLOOD, CHANGE_EVERY, CONNS, ECHO_EVERY, SINKS, TARGET_MPPS,
 };
-use crate::flood_gen::{BATCH, CHUNK, FRAME_LEN};
+use crate::flood_gen::{BATCH, CHUNK, DELIVERED, DOWN, FRAME_LEN, UP};
 use crate::section::{count, splice as splice_at, targets};
 
 pub const HEADING: &str = "## Flood isolation";
@@ -83,15 +83,26 @@ fn method(d: &mut String, f: &Flood) {
     let _ = writeln!(
         d,
         "* **Flood**: `tests/bpf/flood.c` (built with clang at run time; not in the balancer's object), program \
-         `flood_syn`, run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (calls of {} frames in batches of \
-         {BATCH}, flat out: each call costs ~25 ms of setup here, so the rate cannot be paced) from a thread pinned to CPU \
-         {}. Each run writes a whole {FRAME_LEN}-byte IPv4 TCP SYN to VIP A from a random \
+         `flood_syn`, run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (calls of {} runs in batches of \
+         {BATCH}) from a thread pinned to CPU {}. Each run writes a whole {FRAME_LEN}-byte IPv4 TCP SYN to VIP A from a random \
          address of 198.18.0.0/15 and a random port (`bpf_get_prandom_u32`; IPv4 and TCP checksums computed), \
          with the client's MAC as source, and returns XDP_TX: every frame is a new flow. The balancer forwards it \
          (XDP_TX) to its bridge port, whose XDP program (`flood_peer`) drops the flood and passes everything \
          else (B's traffic) on to the bridge.",
         count(CHUNK),
         f.main.sent.cpu
+    );
+    let _ = writeln!(
+        d,
+        "* **Pace**: a run sends its frame or drops it at once, as a share kept in a map says; between calls that \
+         share goes up {:.0} % if the balancer's `tx` rose by at least {:.0} % of the frames sent during the call, \
+         down {:.0} % otherwise. So the flood settles at what the balancer forwards: frames beyond that would only \
+         overflow its veth's receive ring, which B's packets share, and measure a full queue instead of the \
+         balancer. (A call sets up its own page pool, ~25 ms here: the rate cannot be set by sleeping between \
+         short calls.)",
+        (UP - 1.0) * 100.0,
+        DELIVERED * 100.0,
+        (1.0 - DOWN) * 100.0
     );
     let _ = writeln!(
         d,
@@ -117,7 +128,8 @@ fn results(d: &mut String, f: &Flood) {
     d.push_str("| Figure | Through the bridge, B unchanged | **Measured**: at the LB's port, B changing |\n");
     d.push_str("| --- | ---: | ---: |\n");
     let _ = writeln!(d, "| Flood measured over | {:.1} s | {:.1} s |", b.secs, m.secs);
-    let _ = writeln!(d, "| Frames generated (rate over the whole run) | {} | {} |", generated(b), generated(m));
+    let _ = writeln!(d, "| Generator runs (sent or dropped) | {} | {} |", runs(b), runs(m));
+    let _ = writeln!(d, "| Frames sent (rate over the whole run) | {} | {} |", generated(b), generated(m));
     let _ = writeln!(d, "| Forwarded by the balancer (`tx`) | {} | {} |", forwarded(b), forwarded(m));
     let _ = writeln!(d, "| `tx` per second: min / median / max | {} | {} |", per_second(b), per_second(m));
     let share = |p: &Phase| {
@@ -145,6 +157,10 @@ fn results(d: &mut String, f: &Flood) {
     if !f.errors.is_empty() {
         d.push('\n');
     }
+}
+
+fn runs(p: &Phase) -> String {
+    format!("{} ({})", count(p.sent.runs), mpps(p.runs()))
 }
 
 fn generated(p: &Phase) -> String {
