@@ -204,17 +204,28 @@ fn occupancy(agent: &Agent, name: &str, b_id: u32) -> Result<Occupancy> {
 pub fn measure(quick: bool) -> Result<Flood> {
     let obj = flood_gen::compile()?;
     let (date, load) = (date(), loadavg());
-    // The bench pins its thread to one CPU; the lab's threads (servers, connections,
-    // the generator) must spread over all of them. Put the pin back afterwards.
+    // Everything of the lab runs on one CPU: the threads (servers, connections, the
+    // generator) and the agent inherit this pin, and a veth's receive work runs on the
+    // CPU that woke it, so the generator's frames are handled before it makes more. With
+    // B's traffic woken on another CPU, the balancer's receive queue was often run there
+    // late, and the generator's frames overflowed its ring meanwhile.
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).context("sched_getcpu")?;
     let pinned = flood_gen::affinity()?;
-    flood_gen::set_affinity(&flood_gen::one_cpu(online_cpus() as usize - 1))?;
-    let result = run(quick, &obj, date, load);
+    flood_gen::set_affinity(&flood_gen::one_cpu(cpu))?;
+    let result = run(quick, &obj, cpu, date, load);
     flood_gen::set_affinity(&pinned)?;
     result
 }
 
-fn run(quick: bool, obj: &Arc<Vec<u8>>, date: String, load: String) -> Result<Flood> {
-    let duration = Duration::from_secs(if quick { 8 } else { 20 });
+/// The lab with the flood's programs attached (detached when dropped), and the agent.
+struct Built {
+    agent: Agent,
+    _xdp: Vec<aya::Ebpf>,
+    lab: Lab,
+}
+
+fn build(obj: &Arc<Vec<u8>>) -> Result<Built> {
     // `Generic` only keeps the lab from putting its pass-through program on the LB's
     // bridge port: `flood_peer` goes there instead (it drops the forwarded flood before
     // the bridge, passes the rest); the agent itself runs in native mode.
@@ -223,16 +234,21 @@ fn run(quick: bool, obj: &Arc<Vec<u8>>, date: String, load: String) -> Result<Fl
         start_backend(&lab, i)?;
     }
     let sw = lab.ns("sw");
-    let mut _xdp = vec![flood_gen::attach(obj, &sw, "lb", flood_gen::PEER, A_PORT)?];
+    let mut xdp = vec![flood_gen::attach(obj, &sw, "lb", flood_gen::PEER, A_PORT)?];
     // The client's bridge port takes the generator's XDP frames only with a program of
     // its own; A's backends drop whatever of the flood would still reach them.
-    _xdp.push(flood_gen::attach(obj, &sw, "cl", flood_gen::PASS, 0)?);
+    xdp.push(flood_gen::attach(obj, &sw, "cl", flood_gen::PASS, 0)?);
     for i in SINKS {
-        _xdp.push(flood_gen::attach(obj, &lab.backend(i), "eth0", flood_gen::SINK, 0)?);
+        xdp.push(flood_gen::attach(obj, &lab.backend(i), "eth0", flood_gen::SINK, 0)?);
     }
-
     let mut agent = Agent::start(&lab, &config(A_START, B_STEPS[0]), &["--xdp-mode", "native"])?;
     agent.wait_programmed(2, A_START.len() + B_STEPS[0].len())?;
+    Ok(Built { agent, _xdp: xdp, lab })
+}
+
+fn run(quick: bool, obj: &Arc<Vec<u8>>, cpu: usize, date: String, load: String) -> Result<Flood> {
+    let duration = Duration::from_secs(if quick { 8 } else { 20 });
+    let Built { agent, _xdp, lab } = build(obj)?;
     let maps = PinnedMaps::open(&agent.pin_dir)?;
     reload(&agent, &maps, A_FLOOD, B_STEPS[0])?;
     let b_id = maps.vips.get(&vip(TCP_PORT).key(), 0).context("VIP B is not in VIPS")?.id;
@@ -242,18 +258,23 @@ fn run(quick: bool, obj: &Arc<Vec<u8>>, date: String, load: String) -> Result<Fl
     std::thread::sleep(Duration::from_secs(1));
 
     let target = Target { dst_mac: mac(&lab.lb())?, src_mac: mac(&lab.client())?, vip: VIP4.parse()?, port: A_PORT };
-    let cpu = online_cpus() as usize - 1;
+    let flooder = Flooder { obj, target, cpu, agent: &agent, maps: &maps };
     eprintln!("lb-bench: flood: from the client's veth, through the bridge");
-    let bridge = phase(obj, (&lab.client(), "eth0"), target, cpu, &agent, &maps, BRIDGE_FLOOD, false)?;
+    let bridge = flooder.phase((&lab.client(), "eth0"), BRIDGE_FLOOD, false)?;
     eprintln!("lb-bench: flood: from the LB's bridge port, while B's table changes");
-    let main = phase(obj, (&sw, "lb"), target, cpu, &agent, &maps, duration, true)?;
+    let main = flooder.phase((&lab.ns("sw"), "lb"), duration, true)?;
     let (flows_new, flows) = (occupancy(&agent, MAP_FLOWS_NEW, b_id)?, occupancy(&agent, MAP_FLOWS, b_id)?);
 
     std::thread::sleep(AFTER);
     let tally = streams.finish()?;
+    // The agent's config and log are kept only when the run fails.
+    let agent_dir = agent.config.parent().map(std::path::Path::to_path_buf);
     drop(agent);
     drop(_xdp);
     drop(lab);
+    if let Some(dir) = agent_dir {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
     Ok(Flood {
         date,
         load,
@@ -271,27 +292,28 @@ fn run(quick: bool, obj: &Arc<Vec<u8>>, date: String, load: String) -> Result<Fl
     })
 }
 
-/// One flood from `at` (namespace, interface) for `duration`, B's table changing if
-/// `change`.
-#[allow(clippy::too_many_arguments)] // reason: one call per phase, every argument differs
-fn phase(
-    obj: &Arc<Vec<u8>>,
-    at: (&str, &'static str),
+/// What every flood shares.
+struct Flooder<'a> {
+    obj: &'a Arc<Vec<u8>>,
     target: Target,
     cpu: usize,
-    agent: &Agent,
-    maps: &PinnedMaps,
-    duration: Duration,
-    change: bool,
-) -> Result<Phase> {
-    let feedback = PinnedMaps::open(&agent.pin_dir)?;
-    let forwarded: Forwarded = Box::new(move || feedback.reason(Reason::TX.0));
-    let generator = Generator::start(obj, at, target, cpu, forwarded)?;
-    let measured = during(agent, maps, duration, change);
-    let sent = generator.finish()?;
-    let (first, last, secs, per_s, changes) = measured?;
-    let counters = last.iter().zip(&first).map(|(e, s)| e - s).collect();
-    Ok(Phase { sent, secs, counters, tx_per_s: Summary::of(&per_s), changes })
+    agent: &'a Agent,
+    maps: &'a PinnedMaps,
+}
+
+impl Flooder<'_> {
+    /// One flood from `at` (namespace, interface) for `duration`, B's table changing if
+    /// `change`.
+    fn phase(&self, at: (&str, &'static str), duration: Duration, change: bool) -> Result<Phase> {
+        let feedback = PinnedMaps::open(&self.agent.pin_dir)?;
+        let forwarded: Forwarded = Box::new(move || feedback.reason(Reason::TX.0));
+        let generator = Generator::start(self.obj, at, self.target, self.cpu, forwarded)?;
+        let measured = during(self.agent, self.maps, duration, change);
+        let sent = generator.finish()?;
+        let (first, last, secs, per_s, changes) = measured?;
+        let counters = last.iter().zip(&first).map(|(e, s)| e - s).collect();
+        Ok(Phase { sent, secs, counters, tx_per_s: Summary::of(&per_s), changes })
+    }
 }
 
 type During = (Vec<u64>, Vec<u64>, f64, Vec<f64>, usize);
@@ -322,4 +344,23 @@ fn during(agent: &Agent, maps: &PinnedMaps, duration: Duration, change: bool) ->
     ensure!(!change || changes > 0, "no change of B's table during the flood");
     let secs = last_at.duration_since(start).as_secs_f64();
     Ok((first, last, secs, per_s, changes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Losses;
+
+    #[test]
+    fn losses_are_told_apart() {
+        let errors: Vec<String> = [
+            "stream to b0: echo \"b1:tick\\n\", expected \"b0:tick\" (connection moved or broke)",
+            "stream to b1: read echo: Connection reset by peer (os error 104)",
+            "stream to b2: read echo: Resource temporarily unavailable (os error 11)",
+            "stream to b2: write: Broken pipe (os error 32)",
+        ]
+        .map(String::from)
+        .into();
+        let l = Losses::of(&errors);
+        assert_eq!((l.moved, l.timed_out, l.other), (2, 1, 1));
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::maps::{Array, MapData};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -123,7 +123,8 @@ pub struct Sent {
     pub cpu: usize,
 }
 
-/// A generator thread: in namespace `ns`, pinned to `cpu`, it runs the generator with
+/// A generator thread: in namespace `ns`, on the CPU its creator is pinned to (`cpu`,
+/// recorded only), it runs the generator with
 /// live frames injected as received on `iface` (so XDP_TX sends them out of it) until
 /// it is finished, at the pace the balancer forwards (see `Pace`).
 pub struct Generator {
@@ -163,7 +164,6 @@ fn generate(
     stop: &AtomicBool,
     forwarded: Forwarded,
 ) -> Result<Sent> {
-    pin_thread(cpu)?;
     let mut ebpf = load(obj, Some(target), 0, GENERATOR)?;
     let mut keep: Array<MapData, u32> = ebpf.take_map(KEEP_MAP).context("no FLOOD_KEEP map")?.try_into()?;
     let prog: &Xdp = ebpf.program(GENERATOR).context("no generator")?.try_into()?;
@@ -243,34 +243,12 @@ pub fn set_affinity(set: &libc::cpu_set_t) -> Result<()> {
     Ok(())
 }
 
-/// Every online CPU.
-pub fn all_cpus(n: usize) -> libc::cpu_set_t {
-    // SAFETY: CPU_SET on a zeroed set, within its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (0..n.min(libc::CPU_SETSIZE as usize)).for_each(|c| libc::CPU_SET(c, &mut set));
-        set
-    }
-}
-
+/// The set of CPU `cpu` alone.
 pub fn one_cpu(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: CPU_SET on a zeroed set, within its size.
+    // SAFETY: CPU_SET on a zeroed set; `cpu` comes from sched_getcpu, within the set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         set
     }
-}
-
-fn pin_thread(cpu: usize) -> Result<()> {
-    // SAFETY: CPU_SET on a zeroed set, within its size.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= libc::CPU_SETSIZE as usize {
-            bail!("CPU {cpu} out of range");
-        }
-        libc::CPU_SET(cpu, &mut set);
-        set
-    };
-    set_affinity(&set)
 }

@@ -60,8 +60,8 @@ fn method(d: &mut String, f: &Flood) {
         d,
         "* **Lab**: namespaces for a client, the LB and six backends on one bridge (`tests/src/lab.rs`), the real \
          `lb-agent` on the LB's veth in native XDP mode, fed a config file. **VIP A** = 192.0.2.100:{A_PORT}/tcp, \
-         backends {} and {} (an XDP program on each one's veth drops everything but ARP, `flood_sink`). A starts with backend {} alone, then {} joins at weight 9, so ~90 % of A's \
-         slots are in transition: a SYN there is pinned in `FLOWS_NEW` (the worst case; a SYN in a stable slot \
+         backends {} and {} (an XDP program on each one's veth drops everything but ARP, `flood_sink`). A \
+         starts with backend {} alone, then {} joins at weight 9, so ~90 % of A's slots are in transition: a SYN there is pinned in `FLOWS_NEW` (the worst case; a SYN in a stable slot \
          writes no flow entry). **VIP B** = 192.0.2.100:8080/tcp, echo servers on backends 0–2 (3 joins later).",
         SINKS[0], SINKS[1], SINKS[0], SINKS[1]
     );
@@ -84,12 +84,22 @@ fn method(d: &mut String, f: &Flood) {
         d,
         "* **Flood**: `tests/bpf/flood.c` (built with clang at run time; not in the balancer's object), program \
          `flood_syn`, run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (calls of {} runs in batches of \
-         {BATCH}) from a thread pinned to CPU {}. Each run writes a whole {FRAME_LEN}-byte IPv4 TCP SYN to VIP A from a random \
-         address of 198.18.0.0/15 and a random port (`bpf_get_prandom_u32`; IPv4 and TCP checksums computed), \
+         {BATCH}). Each run writes a whole {FRAME_LEN}-byte IPv4 TCP SYN to VIP A from a random address of \
+         198.18.0.0/15 and a random port (`bpf_get_prandom_u32`; IPv4 and TCP checksums computed), \
          with the client's MAC as source, and returns XDP_TX: every frame is a new flow. The balancer forwards it \
          (XDP_TX) to its bridge port, whose XDP program (`flood_peer`) drops the flood and passes everything \
          else (B's traffic) on to the bridge.",
-        count(CHUNK),
+        count(CHUNK)
+    );
+    let _ = writeln!(
+        d,
+        "* **One CPU**: the bench's thread is pinned to CPU {}, and everything of the lab inherits that pin: the \
+         generator, B's connections and servers, the agent. A veth's receive work runs on the CPU that hands it \
+         frames, so each batch the generator flushes is carried through `lb_xdp` and the drop at the port before \
+         the generator makes the next. (Tried and dropped: lab threads free to use the other CPU, whose traffic \
+         then ran the balancer's receive queue there, late, while the generator overflowed its ring; and the \
+         receive queue as a threaded NAPI pinned to the other CPU: the hand-over between CPUs cost more than the \
+         CPU gained. Both forwarded less than half as much.)",
         f.main.sent.cpu
     );
     let _ = writeln!(
@@ -192,19 +202,18 @@ fn others(p: &Phase) -> String {
 /// Where the rate comes from, and what bounds it.
 fn limits(d: &mut String, f: &Flood) {
     let (m, b) = (&f.main, &f.bridge);
+    let per_frame = |p: &Phase| if p.rate(Reason::TX) > 0.0 { 1e9 / p.rate(Reason::TX) } else { 0.0 };
     let _ = writeln!(
         d,
-        "Everything a generated frame causes runs on the generator's CPU: each batch is flushed into the peer veth \
-         and the softirq that follows runs the receiving programs, unless the kernel defers it to ksoftirqd (on \
-         the same CPU). Through the bridge, each frame also becomes a socket buffer and crosses the bridge before \
-         `lb_xdp` sees it: the balancer forwarded {} there, against {} when the frames arrive as XDP frames at \
-         its veth. Per forwarded frame the measured figure still includes the generator, the veth hand-overs, \
-         `lb_xdp` with its new-flow entry in a full `FLOWS_NEW` (an LRU eviction each) and the drop at the port, \
-         all on one of {} CPUs shared with the rest of the machine: it is a floor for the balancer's own rate \
-         on a CPU of its own.\n",
-        mpps(b.rate(Reason::TX)),
-        mpps(m.rate(Reason::TX)),
-        f.cpus
+        "**What bounds the rate.** One CPU does all the work of a frame, so the measured flood costs {:.0} ns per \
+         forwarded frame in all: the generator's run and the live-frames loop, the hand-over into the balancer's \
+         veth, `lb_xdp` with its `FLOWS_NEW` insert (evicting an entry once the table is full), its XDP_TX into \
+         the bridge port and the drop there, with B's traffic, the agent and the rest of the machine on the same \
+         CPU. The balancer's own share is a fraction of that (see the per-packet table: a new flow in a changed \
+         slot), so this figure is a floor for what `lb_xdp` takes on a CPU of its own, not its limit. Through the \
+         bridge ({:.0} ns per frame) each frame also becomes a socket buffer and crosses the bridge first.\n",
+        per_frame(m),
+        per_frame(b)
     );
 }
 
