@@ -65,14 +65,12 @@ impl Explanation {
 
 /// A pin as the kernel finds it: `FLOWS` first, then `FLOWS_NEW`.
 fn find_pin(maps: &Maps, key: &FlowKey) -> Result<Option<FlowValue>, MapError> {
-    for table in [&maps.flows, &maps.flows_new] {
-        match table.get(key, 0) {
-            Ok(v) => return Ok(Some(v)),
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
-        }
+    match maps.flows.get(key, 0) {
+        Ok(v) => return Ok(Some(v)),
+        Err(MapError::KeyNotFound) => {}
+        Err(e) => return Err(e),
     }
-    Ok(None)
+    maps.flows_new.get(key).map_err(MapError::IoError)
 }
 
 /// Mirrors `lb-ebpf`'s `vip` and `select` for a TCP or UDP packet of a client.

@@ -92,7 +92,8 @@ pub fn inspect(maps: &Maps, meta: &Meta, flow_idle: Duration) -> Result<Inspecti
     // Confirmed pins, and first packets not confirmed yet (a key in both counts once).
     let mut pins: std::collections::HashMap<lb_common::FlowKey, lb_common::FlowValue> =
         std::collections::HashMap::new();
-    for entry in maps.flows_new.iter().chain(maps.flows.iter()) {
+    pins.extend(maps.flows_new.all().map_err(MapError::IoError)?);
+    for entry in maps.flows.iter() {
         let (k, v) = entry?;
         pins.insert(k, v);
     }

@@ -16,6 +16,7 @@ pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod pins;
 pub mod ramp;
 pub mod stats;
 pub mod tables;

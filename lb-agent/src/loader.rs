@@ -12,7 +12,7 @@ use lb_common::{
     AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, SrcRangeKey, Traffic, VipKey, VipMeta, ABI_VERSION, ALL_MAPS,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS,
     MAP_FLOWS, MAP_FLOWS_NEW, MAP_META, MAP_REASONS, MAP_SRC_RANGES, MAP_TABLES, MAP_VIPS, MAP_VIP_ADDRS,
-    MAP_VIP_FILTER, MAP_VIP_STATS, NEW_FLOWS_DIVISOR, TABLE_HALVES,
+    MAP_VIP_FILTER, MAP_VIP_STATS, TABLE_HALVES,
 };
 
 use crate::config::XdpModeChoice;
@@ -58,9 +58,9 @@ impl LoadOptions {
         self.max_vips * TABLE_HALVES * self.table_size
     }
 
-    /// Entries of `FLOWS_NEW` (first packets of flows).
+    /// Slots of `FLOWS_NEW` (first packets of flows).
     pub fn new_flows(&self) -> u32 {
-        (self.max_flows / NEW_FLOWS_DIVISOR).max(1024)
+        lb_common::new_flow_slots(self.max_flows)
     }
 
     /// What `META` records for maps created with these options.
@@ -160,7 +160,7 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub tables: TableMem,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    pub flows_new: HashMap<MapData, FlowKey, FlowValue>,
+    pub flows_new: crate::pins::NewPins,
     pub vip_addrs: HashMap<MapData, AddrKey, u32>,
     pub vip_filter: Array<MapData, u64>,
     pub src_ranges: LpmTrie<MapData, SrcRangeKey, u32>,
@@ -196,7 +196,7 @@ impl Maps {
             backends: typed!(Array, MAP_BACKENDS),
             tables: TableMem::map(open(MAP_TABLES)?, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
             flows: typed!(LruHashMap, MAP_FLOWS),
-            flows_new: typed!(LruHashMap, MAP_FLOWS_NEW),
+            flows_new: crate::pins::NewPins::new(open(MAP_FLOWS_NEW)?, opts.new_flows()),
             vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),
             vip_filter: typed!(Array, MAP_VIP_FILTER),
             src_ranges: typed!(LpmTrie, MAP_SRC_RANGES),
@@ -259,6 +259,7 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
         .override_global("TABLE_SIZE", &opts.table_size, true)
         .override_global("LB_MAC", &opts.lb_mac, true)
         .override_global("FLOW_IDLE_NS", &opts.flow_idle_ns, true)
+        .override_global("NEW_MASK", &(opts.new_flows() - 1), true)
         .map_max_entries(MAP_VIPS, opts.max_vips)
         .map_max_entries(MAP_VIP_STATS, opts.max_vips)
         .map_max_entries(MAP_BACKENDS, opts.max_backends)
@@ -314,12 +315,15 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, LoadError> {
     let Map::Array(tables) = take(ebpf, MAP_TABLES)? else {
         return Err(LoadError::MissingMap { name: MAP_TABLES });
     };
+    let Map::Array(flows_new) = take(ebpf, MAP_FLOWS_NEW)? else {
+        return Err(LoadError::MissingMap { name: MAP_FLOWS_NEW });
+    };
     Ok(Maps {
         vips: typed!(MAP_VIPS),
         backends: typed!(MAP_BACKENDS),
         tables: TableMem::map(tables, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
         flows: typed!(MAP_FLOWS),
-        flows_new: typed!(MAP_FLOWS_NEW),
+        flows_new: crate::pins::NewPins::new(flows_new, opts.new_flows()),
         vip_addrs: typed!(MAP_VIP_ADDRS),
         vip_filter: typed!(MAP_VIP_FILTER),
         src_ranges: typed!(MAP_SRC_RANGES),

@@ -80,6 +80,47 @@ pub fn filter_bit(words: &[u32; 4]) -> u32 {
     folded.wrapping_mul(0x9e37_79b1) >> 16
 }
 
+/// The words of a flow key (source address, VIP id, port): what the pin hashes take.
+#[inline(always)]
+fn key_words(key: &crate::FlowKey) -> [u32; 6] {
+    let a = addr_words(&key.src_addr);
+    [a[0], a[1], a[2], a[3], key.vip_id, key.src_port_be as u32]
+}
+
+/// The two `FLOWS_NEW` slots of a flow key (`mask` = slots - 1, slots a power of two):
+/// distinct, and in different cache lines.
+#[inline(always)]
+pub fn new_pin_slots(key: &crate::FlowKey, mask: u32) -> (u32, u32) {
+    let h = new_pin_index(key, u32::MAX);
+    let first = h & mask;
+    let second = (h.rotate_right(16) & mask) ^ 2;
+    (first, if second == first { first ^ 3 } else { second })
+}
+
+/// A hash of a flow key for `FLOWS_NEW` (masked with `mask`).
+#[inline(always)]
+pub fn new_pin_index(key: &crate::FlowKey, mask: u32) -> u32 {
+    let w = key_words(key);
+    let mut h = 0x6e65_7770;
+    h = mix(h, w[0]);
+    h = mix(h, w[1]);
+    h = mix(h, w[2]);
+    h = mix(h, w[3]);
+    h = mix(h, w[4]);
+    finish(mix(h, w[5])) & mask
+}
+
+/// A check over a whole `FLOWS_NEW` entry: a torn entry (two writers) fails it.
+#[inline(always)]
+pub fn new_pin_check(key: &crate::FlowKey, v: &crate::FlowValue) -> u32 {
+    let w = key_words(key);
+    let mut h = 0x6368_6b21 ^ w[0] ^ w[1].rotate_left(7) ^ w[2].rotate_left(14) ^ w[3].rotate_left(21);
+    h = mix(h, w[4] ^ (w[5] << 16));
+    h = mix(h, v.backend ^ v.flags.rotate_left(16));
+    h = mix(h, v.last_seen_ns as u32 ^ v.moved_from);
+    finish(h) | 1
+}
+
 /// Little-endian words of 16 address bytes (the layout of `VipKey::addr`).
 #[inline(always)]
 pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {

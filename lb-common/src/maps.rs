@@ -42,8 +42,15 @@ pub const ALL_MAPS: [&str; 12] = [
 pub const DEFAULT_MAX_VIPS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
-/// Entries of `FLOWS_NEW` per entry of `FLOWS` (a quarter): first packets only.
-pub const NEW_FLOWS_DIVISOR: u32 = 4;
+/// `FLOWS_NEW` slots: the power of two at or above `--max-flows` (at least 1,024).
+pub const fn new_flow_slots(max_flows: u32) -> u32 {
+    let n = max_flows.next_power_of_two();
+    if n < 1024 {
+        1024
+    } else {
+        n
+    }
+}
 /// Source ranges (CIDRs) over all VIPs.
 pub const MAX_SRC_RANGES: u32 = 16_384;
 /// 64-bit words of `VIP_FILTER`: a one-hash bit filter over the VIP addresses
@@ -169,6 +176,19 @@ pub struct FlowValue {
     pub _pad: u32,
 }
 
+/// `FLOWS_NEW` value: a flow's first packet, written into both slots `hash::new_pin_slots`
+/// gives its key (stores only, no read); found in either. A pin is lost before its
+/// flow's next packet only if other first packets overwrite both slots meanwhile. `check` (`hash::new_pin_check`) lets a reader tell a whole entry from one torn
+/// by two CPUs writing the slot at once; an empty slot is all zeros.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewPin {
+    pub key: FlowKey,
+    pub value: FlowValue,
+    pub check: u32,
+    pub _pad: u32,
+}
+
 /// `VIP_ADDRS` key: an address that is some VIP's (any port, any protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -237,6 +257,7 @@ const _: () = assert!(core::mem::size_of::<TableEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<NewPin>() == 56);
 const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
@@ -255,5 +276,6 @@ mod pod {
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for NewPin {}
     unsafe impl aya::Pod for SrcRangeKey {}
 }

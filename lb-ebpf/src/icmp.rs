@@ -16,7 +16,7 @@ use crate::{
     parse::{field, ptr_at, Ip},
     select::Flow,
     stats::Verdict,
-    vip,
+    vip::{self, Quoted},
 };
 
 const PROTO_ICMP: u8 = 1;
@@ -35,7 +35,7 @@ pub fn proto_of(family: u8) -> u8 {
 }
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
+pub fn handle(ctx: &XdpContext, ip: &Ip, quoted: &mut Quoted) -> Result<Verdict, Reason> {
     if ip.l4_len < Icmpv4Hdr::LEN {
         return vip::pass_if_vip_addr(ip, Reason::PASS_MALFORMED);
     }
@@ -54,15 +54,15 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
         return vip::closed(ip, Reason::DROP_CLOSED);
     }
     if ip.family == FAMILY_V4 {
-        packet_too_big_v4(ctx, ip)
+        packet_too_big_v4(ctx, ip, quoted)
     } else {
-        packet_too_big_v6(ctx, ip)
+        packet_too_big_v6(ctx, ip, quoted)
     }
 }
 
 /// The quoted packet is a reply of the flow: VIP:port -> client:port.
 #[inline(always)]
-fn packet_too_big_v4(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
+fn packet_too_big_v4(ctx: &XdpContext, ip: &Ip, quoted: &mut Quoted) -> Result<Verdict, Reason> {
     let inner_off = ip.l4_off + Icmpv4Hdr::LEN;
     if ip.l4_len < Icmpv4Hdr::LEN + Ipv4Hdr::LEN + QUOTED_L4 {
         return vip::pass_if_vip_addr(ip, Reason::PASS_MALFORMED);
@@ -83,11 +83,11 @@ fn packet_too_big_v4(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
     if src != ip.dst[0] || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return vip::closed(ip, Reason::DROP_CLOSED);
     }
-    quoted_flow(ctx, ip, inner_off + hlen, proto, [client, 0, 0, 0])
+    quoted_flow(ctx, ip, inner_off + hlen, proto, [client, 0, 0, 0], quoted)
 }
 
 #[inline(always)]
-fn packet_too_big_v6(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
+fn packet_too_big_v6(ctx: &XdpContext, ip: &Ip, quoted: &mut Quoted) -> Result<Verdict, Reason> {
     let inner_off = ip.l4_off + Icmpv6Hdr::LEN;
     if ip.l4_len < Icmpv6Hdr::LEN + Ipv6Hdr::LEN + QUOTED_L4 {
         return vip::pass_if_vip_addr(ip, Reason::PASS_MALFORMED);
@@ -108,13 +108,20 @@ fn packet_too_big_v6(ctx: &XdpContext, ip: &Ip) -> Result<Verdict, Reason> {
     if src != ip.dst || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return vip::closed(ip, Reason::DROP_CLOSED);
     }
-    quoted_flow(ctx, ip, inner_off + Ipv6Hdr::LEN, proto, client)
+    quoted_flow(ctx, ip, inner_off + Ipv6Hdr::LEN, proto, client, quoted)
 }
 
-/// Forwards the message to the backend of the quoted flow, which is looked up as an
-/// established flow's packet and left unpinned.
+/// The quoted flow, to forward the message to its backend (looked up as an established
+/// flow's packet, and left unpinned).
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, ip: &Ip, ports_off: usize, proto: u8, client: [u32; 4]) -> Result<Verdict, Reason> {
+fn quoted_flow(
+    ctx: &XdpContext,
+    ip: &Ip,
+    ports_off: usize,
+    proto: u8,
+    client: [u32; 4],
+    quoted: &mut Quoted,
+) -> Result<Verdict, Reason> {
     let Some(p) = ptr_at::<[u16; 2]>(ctx, ports_off) else {
         return vip::pass_if_vip_addr(ip, Reason::PASS_TRUNCATED);
     };
@@ -134,7 +141,6 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip, ports_off: usize, proto: u8, client: [
         closing: false,
         icmp: true,
     };
-    let verdict = vip::to_backend(ctx, &flow, &meta, ip.options)?;
-    crate::stats::note(Reason::NOTE_ICMP_PTB);
-    Ok(verdict)
+    *quoted = Quoted { flow, meta };
+    Ok(Verdict::Tx)
 }

@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    stats::REASON_COUNT, AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, SrcRangeKey, TableEntry, Traffic,
-    VipKey, VipMeta, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAX_SRC_RANGES,
-    NEW_FLOWS_DIVISOR, TABLE_HALVES, VIP_FILTER_WORDS,
+    new_flow_slots, stats::REASON_COUNT, AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, NewPin, SrcRangeKey,
+    TableEntry, Traffic, VipKey, VipMeta, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
+    DEFAULT_TABLE_SIZE, MAX_SRC_RANGES, TABLE_HALVES, VIP_FILTER_WORDS,
 };
 
 const MAX_VIPS: usize = DEFAULT_MAX_VIPS as usize;
@@ -40,11 +40,13 @@ pub static TABLES: Array<TableEntry, TABLE_ENTRIES, { BPF_F_MMAPABLE as usize }>
 /// Confirmed flows: pinned once a flow sent a second packet.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_MAX_FLOWS as usize }, LRU_FLAGS> = LruHashMap::new();
-/// First packets (SYNs, a UDP flow's first datagram): a flood of one-packet flows only
-/// churns this table, never the confirmed pins of other VIPs.
+/// First packets (SYNs, a UDP flow's first datagram), direct-mapped: writing one is a
+/// store into its slot, with no lock, allocation or eviction, and a flood of one-packet
+/// flows only churns this table, never the confirmed pins of other VIPs. Mmapable, so
+/// the agent reads it without a syscall per slot.
 #[btf_map]
-pub static FLOWS_NEW: LruHashMap<FlowKey, FlowValue, { (DEFAULT_MAX_FLOWS / NEW_FLOWS_DIVISOR) as usize }, LRU_FLAGS> =
-    LruHashMap::new();
+pub static FLOWS_NEW: Array<NewPin, { new_flow_slots(DEFAULT_MAX_FLOWS) as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 #[btf_map]
 pub static REASONS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
@@ -66,6 +68,15 @@ static LB_MAC: [u8; 6] = [0; 6];
 /// A flow silent for longer than this is dead: its pin is not followed (0 = no limit).
 #[no_mangle]
 static FLOW_IDLE_NS: u64 = 0;
+/// `FLOWS_NEW` slots - 1.
+#[no_mangle]
+static NEW_MASK: u32 = new_flow_slots(DEFAULT_MAX_FLOWS) - 1;
+
+#[inline(always)]
+pub fn new_mask() -> u32 {
+    // SAFETY: a load-time constant in .rodata.
+    unsafe { core::ptr::read_volatile(&NEW_MASK) }
+}
 
 #[inline(always)]
 pub fn flow_idle_ns() -> u64 {

@@ -71,22 +71,25 @@ pub struct Ip {
     pub dst: [u32; 4],
 }
 
-/// Ethernet and IP. A frame that is not IP, or whose IP header is cut short or
-/// contradicts itself or the frame, comes back as `Err(reason)` (passed).
+/// The IP family of an Ethernet frame (`FAMILY_V4` / `FAMILY_V6`); anything else is
+/// `Err(reason)` (passed). Callers parse each family on a path of its own
+/// (`ipv4`/`ipv6`), so that the compiler never merges the two and an IPv4 packet
+/// carries no IPv6-sized state through the program.
 #[inline(always)]
-pub fn ip(ctx: &XdpContext) -> Result<Ip, Reason> {
+pub fn family(ctx: &XdpContext) -> Result<u8, Reason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
     // SAFETY: inside the checked Ethernet header.
     let ethertype = u16::from_be(unsafe { field(eth, offset_of!(EthHdr, ether_type)) });
     match ethertype {
-        ETH_P_IP => ipv4(ctx),
-        ETH_P_IPV6 => ipv6(ctx),
+        ETH_P_IP => Ok(FAMILY_V4),
+        ETH_P_IPV6 => Ok(FAMILY_V6),
         _ => Err(Reason::PASS_NOT_IP),
     }
 }
 
+/// An IPv4 header, complete and consistent with the frame, or `Err(reason)` (passed).
 #[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Result<Ip, Reason> {
+pub fn ipv4(ctx: &XdpContext) -> Result<Ip, Reason> {
     let h = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
     // SAFETY (all reads): fields of the checked 20-byte header.
     let vihl: u8 = unsafe { field(h, offset_of!(Ipv4Hdr, vihl)) };
@@ -129,8 +132,9 @@ fn is_extension(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
+/// An IPv6 header, complete and consistent with the frame, or `Err(reason)` (passed).
 #[inline(always)]
-fn ipv6(ctx: &XdpContext) -> Result<Ip, Reason> {
+pub fn ipv6(ctx: &XdpContext) -> Result<Ip, Reason> {
     let h = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN).ok_or(Reason::PASS_TRUNCATED)? as *const u8;
     // SAFETY (all reads): fields of the checked 40-byte header.
     let version: u8 = unsafe { field(h, offset_of!(Ipv6Hdr, vcf)) };

@@ -12,12 +12,12 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    hash, maglev, stats::Reason, table_index, Backend, FlowKey, FlowValue, TableEntry, VipMeta, BACKEND_F_ACTIVE,
+    hash, maglev, stats::Reason, table_index, Backend, FlowKey, FlowValue, NewPin, TableEntry, VipMeta, BACKEND_F_ACTIVE,
     BACKEND_F_DRAINING, FLOW_F_CLOSING, FLOW_F_MOVED, NO_BACKEND, PROTO_TCP, PROTO_UDP, VIP_F_AFFINITY,
 };
 
 use crate::{
-    maps::{flow_idle_ns, hash_seed, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
+    maps::{flow_idle_ns, hash_seed, new_mask, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
     stats::note,
 };
 
@@ -26,7 +26,7 @@ const REFRESH_NS: u64 = 1_000_000_000;
 
 /// The packet as the choice sees it (for an ICMP error: the quoted flow's forward
 /// direction).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Flow {
     pub family: u8,
     pub proto: u8,
@@ -92,8 +92,9 @@ fn key_of(flow: &Flow, vip_id: u32, src_port_be: u16) -> FlowKey {
     FlowKey { src_addr, vip_id, src_port_be, _pad: 0 }
 }
 
-/// Non-affinity flows in changed slots, and UDP: see the module docs.
-#[inline(always)]
+/// Non-affinity flows in changed slots, and UDP: see the module docs. Out of line, so
+/// the stable path keeps a small stack.
+#[inline(never)]
 fn pinned_or_chosen(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
     note(Reason::NOTE_FLOW_LOOKUP);
     let key = key_of(flow, meta.id, flow.src_port_be);
@@ -134,15 +135,13 @@ fn find_pin(key: &FlowKey, meta: &VipMeta, flow: &Flow, now: u64, timeout_s: u32
                 return Some((pin.backend, Some(b)));
             }
             closed_at = pin.last_seen_ns;
-            if FLOWS_NEW.get_ptr(key).is_none() {
+            if new_get(key).is_none() {
                 refresh(pin, now, flow.closing);
                 return Some((pin.backend, Some(b)));
             }
         }
     }
-    let v = FLOWS_NEW.get_ptr(key)?;
-    // SAFETY: as above; copied out.
-    let mut pin = unsafe { *v };
+    let mut pin = new_get(key)?;
     if closed_at != 0 && pin.last_seen_ns < closed_at {
         return None;
     }
@@ -189,10 +188,41 @@ fn refresh(pin: &mut FlowValue, now: u64, closing: bool) {
 #[inline(always)]
 fn pin_new(key: &FlowKey, backend: u32, closing: bool, now: u64) {
     let flags = if closing { FLOW_F_CLOSING } else { 0 };
-    let value = FlowValue { backend, flags, last_seen_ns: now, moved_from: 0, _pad: 0 };
-    if FLOWS_NEW.insert(key, &value, 0).is_ok() {
-        note(Reason::NOTE_FLOW_PINNED);
+    new_put(key, &FlowValue { backend, flags, last_seen_ns: now, moved_from: 0, _pad: 0 });
+}
+
+/// The first-packet pin of `key`, if one of its two slots holds it whole.
+#[inline(always)]
+fn new_get(key: &FlowKey) -> Option<FlowValue> {
+    let (a, b) = hash::new_pin_slots(key, new_mask());
+    for index in [a, b] {
+        let slot = FLOWS_NEW.get_ptr(index)?;
+        // SAFETY: an array value, copied out at once (a concurrent writer is caught by
+        // `check`).
+        let e = unsafe { &*slot };
+        if e.key == *key {
+            let e = *e;
+            return (e.check == hash::new_pin_check(&e.key, &e.value)).then_some(e.value);
+        }
     }
+    None
+}
+
+/// Writes a first-packet pin into both of its slots, blindly: no read of the slots (on
+/// a cold table a read-before-write costs a cache miss; the stores do not wait), and a
+/// pin is lost only if other first packets overwrite both slots before its flow's next
+/// packet.
+#[inline(always)]
+fn new_put(key: &FlowKey, value: &FlowValue) {
+    let (a, b) = hash::new_pin_slots(key, new_mask());
+    let pin = NewPin { key: *key, value: *value, check: hash::new_pin_check(key, value), _pad: 0 };
+    for index in [a, b] {
+        if let Some(slot) = FLOWS_NEW.get_ptr_mut(index) {
+            // SAFETY: an array value, valid for this program run.
+            unsafe { *slot = pin };
+        }
+    }
+    note(Reason::NOTE_FLOW_PINNED);
 }
 
 /// Client-address affinity. A client pin (port 0) sends every flow of the client to one
@@ -203,7 +233,7 @@ fn pin_new(key: &FlowKey, backend: u32, closing: bool, now: u64) {
 /// Packets of the client's connections from before then go on to `moved_from`, each
 /// pinned on its own; connections made after the move are pinned on their own too. So
 /// an established connection never moves.
-#[inline(always)]
+#[inline(never)]
 fn affinity(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
     note(Reason::NOTE_FLOW_LOOKUP);
     let now = now_ns();
@@ -261,11 +291,7 @@ fn affinity(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
     match found {
         // SAFETY: a `FLOWS` value, valid for this program run.
         Some(ClientPin::Confirmed(v)) => unsafe { *v = value },
-        _ => {
-            if FLOWS_NEW.insert(&client, &value, 0).is_ok() {
-                note(Reason::NOTE_FLOW_PINNED);
-            }
-        }
+        _ => new_put(&client, &value),
     }
     if flags != 0 || udp {
         pin_new(&conn, chosen, flow.closing, now);
@@ -287,8 +313,7 @@ impl ClientPin {
         if let Some(v) = FLOWS.get_ptr_mut(key) {
             return Some(ClientPin::Confirmed(v));
         }
-        // SAFETY: a map value, copied out at once.
-        FLOWS_NEW.get_ptr(key).map(|v| ClientPin::New(unsafe { *v }))
+        new_get(key).map(ClientPin::New)
     }
 
     #[inline(always)]

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    hash, stats::Reason, AddrKey, SrcRangeKey, VipKey, VipMeta, PROTO_TCP, PROTO_UDP, SRC_RANGE_FULL_PREFIX,
+    hash, stats::Reason, AddrKey, SrcRangeKey, VipKey, VipMeta, FAMILY_V4, PROTO_TCP, PROTO_UDP, SRC_RANGE_FULL_PREFIX,
     VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
 };
 
@@ -20,20 +20,51 @@ use crate::maps::{BACKEND_STATS, VIP_STATS};
 /// The balancer: `Ok` is a verdict, `Err` a drop reason.
 #[inline(always)]
 pub fn try_lb(ctx: &XdpContext) -> Result<Verdict, Reason> {
-    let ip = match parse::ip(ctx) {
+    let ip = match parse::family(ctx) {
+        Ok(FAMILY_V4) => parse::ipv4(ctx),
+        Ok(_) => return ip_packet(ctx, parse::ipv6(ctx)),
+        Err(reason) => return Ok(Verdict::Pass(reason)),
+    };
+    ip_packet(ctx, ip)
+}
+
+/// Everything after the IP header; inlined once per family (see `parse::family`).
+#[inline(always)]
+fn ip_packet(ctx: &XdpContext, ip: Result<Ip, Reason>) -> Result<Verdict, Reason> {
+    let ip = match ip {
         Ok(ip) => ip,
         Err(reason) => return Ok(Verdict::Pass(reason)),
     };
     if !maybe_vip_addr(&ip.dst) {
         return Ok(Verdict::Pass(Reason::PASS_NOT_VIP));
     }
-    if ip.opaque {
-        return closed(&ip, Reason::DROP_CLOSED);
+    if ip.opaque || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        let mut quoted = Quoted::default();
+        return match not_served(ctx, &ip, &mut quoted) {
+            Ok(Verdict::Tx) => to_backend(ctx, &quoted.flow, &quoted.meta, ip.options),
+            other => other,
+        };
     }
-    match ip.proto {
-        PROTO_TCP | PROTO_UDP => serve(ctx, &ip),
-        p if p == icmp::proto_of(ip.family) => icmp::handle(ctx, &ip),
-        _ => closed(&ip, Reason::DROP_CLOSED),
+    serve(ctx, &ip)
+}
+
+/// The flow an ICMP error is about, and its VIP.
+#[derive(Default)]
+pub struct Quoted {
+    pub flow: Flow,
+    pub meta: VipMeta,
+}
+
+/// Neither TCP nor UDP, or no transport header to read: ICMP, or closed. `Ok(Tx)` means
+/// "forward to the backend of `quoted`". Out of line, and leaving the forwarding to the
+/// caller, so the common path keeps a small stack and the deepest call chain stays
+/// within the verifier's 512 bytes.
+#[inline(never)]
+fn not_served(ctx: &XdpContext, ip: &Ip, quoted: &mut Quoted) -> Result<Verdict, Reason> {
+    if !ip.opaque && ip.proto == icmp::proto_of(ip.family) {
+        icmp::handle(ctx, ip, quoted)
+    } else {
+        closed(ip, Reason::DROP_CLOSED)
     }
 }
 
@@ -74,7 +105,11 @@ pub fn to_backend(ctx: &XdpContext, flow: &Flow, meta: &VipMeta, options: bool) 
     let len = parse::frame_len(ctx) as u64;
     traffic(&VIP_STATS, meta.id, len, flow.syn);
     traffic(&BACKEND_STATS, id, len, flow.syn);
-    forward::to_backend(ctx, backend, options)
+    let verdict = forward::to_backend(ctx, backend, options)?;
+    if flow.icmp {
+        crate::stats::note(Reason::NOTE_ICMP_PTB);
+    }
+    Ok(verdict)
 }
 
 /// The VIP at (`ip.dst`, port, protocol).
@@ -108,7 +143,7 @@ pub fn is_vip_addr(ip: &Ip) -> bool {
 }
 
 /// `reason` (a drop) on a VIP address; passed as no VIP's where the filter was wrong.
-#[inline(always)]
+#[inline(never)]
 pub fn closed(ip: &Ip, reason: Reason) -> Result<Verdict, Reason> {
     if is_vip_addr(ip) {
         Err(reason)
@@ -118,12 +153,12 @@ pub fn closed(ip: &Ip, reason: Reason) -> Result<Verdict, Reason> {
 }
 
 /// Passed with `reason` on a VIP address; as no VIP's where the filter was wrong.
-#[inline(always)]
+#[inline(never)]
 pub fn pass_if_vip_addr(ip: &Ip, reason: Reason) -> Result<Verdict, Reason> {
     Ok(Verdict::Pass(if is_vip_addr(ip) { reason } else { Reason::PASS_NOT_VIP }))
 }
 
-/// Is `client` inside one of the VIP's source ranges?
+/// Is `client` inside one of the VIP's source ranges? (Only for VIPs that have them.)
 #[inline(always)]
 fn source_allowed(vip_id: u32, client: &[u32; 4]) -> bool {
     let mut data = SrcRangeKey { vip_id_be: vip_id.to_be_bytes(), addr: [0; 16] };

@@ -331,10 +331,10 @@ fn settling_keeps_live_pins() {
         lab.run(&f.bytes());
     }
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let pinned_prev: Vec<bool> = flows.iter().map(|f| lab.predict(f, v).reason == Reason::Pinned).collect();
     for f in &flows {
         lab.run(&f.bytes());
     }
+    let pinned_prev: Vec<bool> = flows.iter().map(|f| lab.predict(f, v).reason == Reason::Pinned).collect();
     let m = lab.dp.maintain(std::time::Duration::from_secs(1)).unwrap();
     let changed_after = changed(&lab);
     println!("changed slots {changed_before} -> {changed_after}; settled {}", m.settled_slots);

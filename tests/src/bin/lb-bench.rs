@@ -4,7 +4,7 @@
 //! API server), and flood isolation (a SYN flood at one VIP while another's table changes,
 //! in network namespaces), printed and written to BENCHMARKS.md.
 //!
-//! Usage: `lb-bench [--quick] [--scale-only | --kube-only | --flood-only] [--out PATH]`. `--quick` takes
+//! Usage: `lb-bench [--quick] [--scale-only | --kube-only | --flood-only | --packets-only] [--out PATH]`. `--quick` takes
 //! fewer rounds and repetitions (same sizes); `--scale-only` / `--kube-only` / `--flood-only` measure only
 //! that part and replace just its section of the file. Needs root (BPF); the Kubernetes
 //! part also needs network namespaces and the kube-apiserver and etcd binaries.
@@ -42,7 +42,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
-const USAGE: &str = "usage: lb-bench [--quick] [--scale-only | --kube-only | --flood-only] [--out PATH]";
+const USAGE: &str =
+    "usage: lb-bench [--quick] [--scale-only | --kube-only | --flood-only | --packets-only] [--out PATH]";
 
 /// How much to measure.
 pub struct Plan {
@@ -91,12 +92,20 @@ struct Args {
     scale_only: bool,
     kube_only: bool,
     flood_only: bool,
+    /// Per-packet figures only, printed, nothing written (for iterating on the program).
+    packets_only: bool,
     out: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args =
-        Args { quick: false, scale_only: false, kube_only: false, flood_only: false, out: PathBuf::from(DEFAULT_OUT) };
+    let mut args = Args {
+        quick: false,
+        scale_only: false,
+        kube_only: false,
+        flood_only: false,
+        packets_only: false,
+        out: PathBuf::from(DEFAULT_OUT),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -104,6 +113,7 @@ fn parse_args() -> Result<Args> {
             "--scale-only" => args.scale_only = true,
             "--kube-only" => args.kube_only = true,
             "--flood-only" => args.flood_only = true,
+            "--packets-only" => args.packets_only = true,
             "--out" => args.out = it.next().context("--out needs a path")?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -112,8 +122,8 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    if [args.scale_only, args.kube_only, args.flood_only].iter().filter(|o| **o).count() > 1 {
-        bail!("--scale-only, --kube-only and --flood-only exclude each other");
+    if [args.scale_only, args.kube_only, args.flood_only, args.packets_only].iter().filter(|o| **o).count() > 1 {
+        bail!("--scale-only, --kube-only, --flood-only and --packets-only exclude each other");
     }
     Ok(args)
 }
@@ -167,6 +177,12 @@ fn run(args: &Args) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", args.out.display())),
     };
+    if args.packets_only {
+        let (packets, setup) = cases::measure(&plan)?;
+        let build = maglev::measure(plan.maglev_builds)?;
+        println!("{}\n{}", report::tables(&packets, &build), report::notes(&setup));
+        return Ok(());
+    }
     let (doc, kube_result) = if args.kube_only {
         let section = measure_kube(&plan, true)?;
         (kube::splice(&old()?, &section), Ok(()))

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use aya::maps::MapError;
 use lb_common::{hash, maglev, FlowKey, FlowValue, TableEntry, BACKEND_F_DRAINING, FLOW_F_CLOSING, VIP_F_AFFINITY};
 
 use super::{XdpDataplane, XdpError};
@@ -69,10 +70,8 @@ pub(super) fn maintain(dp: &mut XdpDataplane, idle: Duration) -> Result<Maintena
 /// as its confirmed entry.
 fn read_flows(dp: &XdpDataplane) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
     let mut out: std::collections::HashMap<FlowKey, FlowValue> = std::collections::HashMap::new();
-    for entry in dp.maps.flows_new.iter() {
-        let (k, v) = entry.map_err(|source| XdpError::Read { map: "FLOWS_NEW", source })?;
-        out.insert(k, v);
-    }
+    let new = dp.maps.flows_new.all().map_err(|e| XdpError::Read { map: "FLOWS_NEW", source: MapError::IoError(e) })?;
+    out.extend(new);
     for entry in dp.maps.flows.iter() {
         let (k, v) = entry.map_err(|source| XdpError::Read { map: "FLOWS", source })?;
         out.insert(k, v);
