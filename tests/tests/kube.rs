@@ -184,7 +184,10 @@ async fn service_to_traffic(lab: &Lab) -> Result<()> {
     let admin = api.client();
     apply_deploy(&admin).await?;
     let mut agent =
-        start_agent(&api, lab, &["--ramp-interval", "1s", "--ramp-step", "50", "--drain-min", "2s"]).await?;
+        // A UDP flow counts as live until it has been silent for the flow idle timeout:
+        // 3 s lets the drained backend's UDP flows (one-request sockets) end in time.
+        start_agent(&api, lab, &["--ramp-interval", "1s", "--ramp-step", "50", "--drain-min", "2s", "--flow-idle-timeout", "3s"])
+            .await?;
     namespace(&admin, "web").await?;
     pods(&admin, &BTreeMap::from([(3, "0")]), 4).await?;
     let svc = service(
