@@ -93,7 +93,7 @@ fn key_of(flow: &Flow, vip_id: u32, src_port_be: u16) -> FlowKey {
 }
 
 /// Non-affinity flows in changed slots, and UDP: see the module docs. Out of line, so
-/// the stable path keeps a small stack.
+/// the stable path keeps a small stack (and the deepest call chain within 512 bytes).
 #[inline(never)]
 fn pinned_or_chosen(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
     note(Reason::NOTE_FLOW_LOOKUP);

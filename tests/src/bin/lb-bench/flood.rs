@@ -190,14 +190,19 @@ fn occupancy(agent: &Agent, name: &str, b_id: u32) -> Result<Occupancy> {
     let path = lb_agent::loader::maps_dir(&agent.pin_dir).join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("pinned map {name}"))?;
     let capacity = data.info()?.max_entries();
-    let map: HashMap<MapData, FlowKey, FlowValue> = Map::LruHashMap(data).try_into()?;
-    let mut occ = Occupancy { capacity, ..Occupancy::default() };
-    for key in map.keys() {
-        let key = key?;
-        occ.entries += 1;
-        occ.of_b += usize::from(key.vip_id == b_id);
-    }
-    Ok(occ)
+    let keys: Vec<FlowKey> = if name == MAP_FLOWS_NEW {
+        // Direct-mapped, each pin in two slots: count distinct keys.
+        let pins = lb_agent::pins::NewPins::new(data, capacity);
+        let mut keys: Vec<FlowKey> = pins.all()?.into_iter().map(|(k, _)| k).collect();
+        keys.sort_by_key(|k| (k.src_addr, k.vip_id, k.src_port_be));
+        keys.dedup();
+        keys
+    } else {
+        let map: HashMap<MapData, FlowKey, FlowValue> = Map::LruHashMap(data).try_into()?;
+        map.keys().collect::<Result<_, _>>()?
+    };
+    let of_b = keys.iter().filter(|k| k.vip_id == b_id).count();
+    Ok(Occupancy { capacity, entries: keys.len(), of_b })
 }
 
 /// Runs the whole scenario; everything it creates is removed when it returns.

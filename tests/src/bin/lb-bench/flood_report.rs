@@ -207,7 +207,7 @@ fn limits(d: &mut String, f: &Flood) {
         d,
         "**What bounds the rate.** One CPU does all the work of a frame, so the measured flood costs {:.0} ns per \
          forwarded frame in all: the generator's run and the live-frames loop, the hand-over into the balancer's \
-         veth, `lb_xdp` with its `FLOWS_NEW` insert (evicting an entry once the table is full), its XDP_TX into \
+         veth, `lb_xdp` with its `FLOWS_NEW` pin (two stores into the direct-mapped table), its XDP_TX into \
          the bridge port and the drop there, with B's traffic, the agent and the rest of the machine on the same \
          CPU. The balancer's own share is a fraction of that (see the per-packet table: a new flow in a changed \
          slot), so this figure is a floor for what `lb_xdp` takes on a CPU of its own, not its limit. Through the \
