@@ -171,24 +171,6 @@ fn text(v: &toml::Value) -> String {
     }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `3h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (s, 1000)
-    };
-    let n: u64 = num.trim().parse().ok()?;
-    Some(std::time::Duration::from_millis(n.checked_mul(unit_ms)?))
-}
-
 /// Reads a config file into raw VIPs (validation happens in `validate_vips`).
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
@@ -334,30 +316,6 @@ pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
     Ok((vip, VipSpec { backends, ramp, affinity_timeout_s, source_ranges }))
 }
 
-/// Parses allowed client ranges (`198.51.100.0/24`; a bare address is a single host).
-/// Host bits are cleared. Ranges of both families may be listed (a dual-stack Service
-/// lists both): a VIP admits the clients of its own family's ranges, and none of its
-/// family if the list has only the other family's.
-pub fn parse_source_ranges(field: &str, ranges: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let text = r.trim();
-        let net = match text.parse::<ipnet::IpNet>() {
-            Ok(n) => n,
-            Err(_) => match text.parse::<IpAddr>() {
-                Ok(a) => ipnet::IpNet::from(a),
-                Err(_) => return Err(FieldError::new(field, r, Problem::SourceRange)),
-            },
-        };
-        let net = net.trunc();
-        if !out.contains(&net) {
-            out.push(net);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Validates every VIP. Returns the valid ones and an error for each invalid one, so
 /// that one bad VIP never takes the others down (a reload applies the valid ones).
 pub fn validate_vips(raw: &[RawVip]) -> (Desired, Vec<FieldError>) {
@@ -400,6 +358,9 @@ pub fn build(
     }
     Ok(Config { iface, xdp_mode, desired })
 }
+
+mod values;
+pub use values::{parse_duration, parse_source_ranges};
 
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,8 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
     AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, SrcRangeKey, Traffic, VipKey, VipMeta, ABI_VERSION, ALL_MAPS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, MAP_BACKENDS, MAP_BACKEND_STATS,
-    MAP_FLOWS, MAP_FLOWS_NEW, MAP_META, MAP_REASONS, MAP_SRC_RANGES, MAP_TABLES, MAP_VIPS, MAP_VIP_ADDRS,
-    MAP_VIP_FILTER, MAP_VIP_STATS, TABLE_HALVES,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_FLOWS, MAP_FLOWS_NEW, MAP_META, MAP_REASONS, MAP_SRC_RANGES, MAP_TABLES,
+    MAP_VIPS, MAP_VIP_ADDRS, MAP_VIP_FILTER, MAP_VIP_STATS,
 };
 
 use crate::config::XdpModeChoice;
@@ -25,56 +24,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_LB: &str = "lb_xdp";
 pub const PROG_PASS: &str = "xdp_pass";
 
-/// Load-time settings: map sizes and the program's globals.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadOptions {
-    pub table_size: u32,
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub max_flows: u32,
-    pub hash_seed: u32,
-    /// Source MAC of forwarded frames (the interface's own).
-    pub lb_mac: [u8; 6],
-    /// `--flow-idle-timeout`: a pin silent for longer is not followed.
-    pub flow_idle_ns: u64,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            table_size: DEFAULT_TABLE_SIZE,
-            max_vips: DEFAULT_MAX_VIPS,
-            max_backends: DEFAULT_MAX_BACKENDS,
-            max_flows: DEFAULT_MAX_FLOWS,
-            hash_seed: 0,
-            lb_mac: [0; 6],
-            flow_idle_ns: 120_000_000_000,
-        }
-    }
-}
-
-impl LoadOptions {
-    pub fn table_entries(&self) -> u32 {
-        self.max_vips * TABLE_HALVES * self.table_size
-    }
-
-    /// Slots of `FLOWS_NEW` (first packets of flows).
-    pub fn new_flows(&self) -> u32 {
-        lb_common::new_flow_slots(self.max_flows)
-    }
-
-    /// What `META` records for maps created with these options.
-    pub fn meta(&self) -> Meta {
-        Meta {
-            abi_version: ABI_VERSION,
-            table_size: self.table_size,
-            hash_seed: self.hash_seed,
-            max_vips: self.max_vips,
-            max_backends: self.max_backends,
-            max_flows: self.max_flows,
-        }
-    }
-}
+mod options;
+pub use options::LoadOptions;
 
 /// Where an agent pins its maps: `<pin_dir>/maps-v<ABI>/`.
 pub fn maps_dir(pin_dir: &Path) -> PathBuf {

@@ -1026,21 +1026,7 @@ fn memory(d: &mut String, b: &KubeBench) {
 /// `doc` with the Kubernetes section replaced by `section` (or added before "## Variance",
 /// or at the end).
 pub fn splice(doc: &str, section: &str) -> String {
-    if doc.trim().is_empty() {
-        return format!(
-            "# Benchmarks\n\nWritten by `cargo xtask bench` (`tests/src/bin/lb-bench.rs`); re-run it rather than \
-             editing by hand.\n\n{section}"
-        );
-    }
-    let next_heading = |from: usize| doc[from..].find("\n## ").map_or(doc.len(), |i| from + i + 1);
-    if let Some(start) = doc.find(&format!("\n{HEADING}\n")).map(|i| i + 1) {
-        let end = next_heading(start + HEADING.len());
-        return format!("{}{section}{}", &doc[..start], &doc[end..]);
-    }
-    match doc.find("\n## Variance\n") {
-        Some(i) => format!("{}{section}{}", &doc[..i + 1], &doc[i + 1..]),
-        None => format!("{}\n{section}", doc.trim_end_matches('\n').to_string() + "\n"),
-    }
+    crate::section::splice(doc, HEADING, section)
 }
 
 /// The section when the benchmark cannot run here.
