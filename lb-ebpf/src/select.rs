@@ -122,7 +122,7 @@ fn pinned_or_chosen(flow: &Flow, meta: &VipMeta, entry: &TableEntry) -> Choice {
 /// For an ICMP error nothing is written. `timeout_s` is 0 for a flow's own pin.
 #[inline(always)]
 fn find_pin(key: &FlowKey, meta: &VipMeta, flow: &Flow, now: u64, timeout_s: u32) -> Option<Choice> {
-    let mut closed_at = 0;
+    let mut closing: Option<(*mut FlowValue, &'static Backend)> = None;
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value, valid for this program run; per-field races with other
         // CPUs only lose a refresh.
@@ -134,18 +134,21 @@ fn find_pin(key: &FlowKey, meta: &VipMeta, flow: &Flow, now: u64, timeout_s: u32
                 }
                 return Some((pin.backend, Some(b)));
             }
-            closed_at = pin.last_seen_ns;
-            if new_get(key).is_none() {
-                refresh(pin, now, flow.closing);
-                return Some((pin.backend, Some(b)));
-            }
+            closing = Some((v, b));
         }
     }
-    let mut pin = new_get(key)?;
-    if closed_at != 0 && pin.last_seen_ns < closed_at {
-        return None;
-    }
-    let b = usable(&pin, meta.id, timeout_s, flow.syn, now)?;
+    // SAFETY (both derefs): the `FLOWS` value found above, valid for this program run.
+    let closed_at = closing.map_or(0, |(v, _)| unsafe { (*v).last_seen_ns });
+    // A first-packet pin no newer than a closing confirmed one is that connection's own
+    // (stale) first packet: the confirmed pin stands.
+    let newer = new_get(key).filter(|p| p.last_seen_ns > closed_at);
+    let found = newer.and_then(|p| usable(&p, meta.id, timeout_s, flow.syn, now).map(|b| (p, b)));
+    let Some((mut pin, b)) = found else {
+        let (v, b) = closing?;
+        let pin = unsafe { &mut *v };
+        refresh(pin, now, flow.closing);
+        return Some((pin.backend, Some(b)));
+    };
     if !flow.icmp {
         pin.last_seen_ns = now;
         if flow.closing {

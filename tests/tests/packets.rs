@@ -348,3 +348,38 @@ fn settling_keeps_live_pins() {
     }
     assert!(lab.dp.apply(&snap).unwrap().is_noop(), "settling does not make the next apply write");
 }
+
+/// A connection that began in a changed slot keeps its backend through its FIN and the
+/// last ACKs after it (its stale first-packet pin must not hide the confirmed one).
+#[test]
+fn closing_connection_in_a_changed_slot_keeps_its_backend() {
+    if lb_tests::skip("closing_connection_in_a_changed_slot_keeps_its_backend") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let v = "192.0.2.10:80/tcp";
+    let mut snap = snapshot();
+    snap.vips.get_mut(&vip(v)).unwrap().backends.push(backend("10.0.0.5", 6, 5));
+    lab.dp.apply(&snap).unwrap();
+    let mut checked = 0;
+    for port in 40_000..41_000u16 {
+        let syn = Frame::new(ip("203.0.113.77"), ip("192.0.2.10"), TCP, port, 80);
+        let e = lab.predict(&syn, v);
+        let prev_differs = e.entry.is_some_and(|t| t.prev != t.backend && t.prev != lb_common::NO_PREV);
+        if e.reason != Reason::NewFlow || !prev_differs {
+            continue;
+        }
+        let mac = lab.run(&syn.bytes()).1[..6].to_vec();
+        // The coarse clock must move between the first packet and the FIN.
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        for (step, flags) in [("ack", ACK), ("fin", ACK | 0x01), ("last ack", ACK), ("another ack", ACK)] {
+            let f = Frame { tcp_flags: flags, ..syn.clone() };
+            assert_eq!(lab.run(&f.bytes()).1[..6], mac[..], "port {port}: {step} went elsewhere");
+        }
+        checked += 1;
+        if checked == 20 {
+            break;
+        }
+    }
+    assert_eq!(checked, 20, "found 20 new connections in changed slots whose previous backend differs");
+}
