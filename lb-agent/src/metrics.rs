@@ -148,6 +148,9 @@ pub fn render(i: &Inspection, v: &AgentView) -> String {
     let _ = writeln!(o, "lb_sync_duration_seconds {}", v.last_sync_seconds);
     help(&mut o, "lb_config_errors_total", "counter", "Config reloads that failed or skipped a VIP.");
     let _ = writeln!(o, "lb_config_errors_total {}", v.config_errors);
+    help(&mut o, "lb_vips_not_applied", "gauge", "Wanted VIPs the data plane or the host refused (retried).");
+    let _ = writeln!(o, "lb_vips_not_applied{{cause=\"capacity\"}} {}", v.vip_capacity_failures);
+    let _ = writeln!(o, "lb_vips_not_applied{{cause=\"refused\"}} {}", v.vip_failures - v.vip_capacity_failures);
     help(&mut o, "lb_ready", "gauge", "1 after the first successful sync.");
     let _ = writeln!(o, "lb_ready {}", v.ready as u8);
     o

@@ -15,6 +15,10 @@ pub struct AgentView {
     pub last_sync_seconds: f64,
     /// Config reloads that failed or skipped VIPs.
     pub config_errors: u64,
+    /// VIPs wanted but not in the data plane (refused or no room), retried.
+    pub vip_failures: u64,
+    /// Of those, VIPs for which a map is full.
+    pub vip_capacity_failures: u64,
     pub draining: Vec<DrainView>,
 }
 

@@ -2,6 +2,7 @@
 //! applied level-triggered, or the VIPs that changed. An implementation diffs against
 //! what it applied last, so applying the same snapshot twice writes nothing.
 
+#[cfg(test)]
 pub mod fake;
 pub mod table;
 pub mod xdp;
@@ -59,8 +60,8 @@ pub struct Maintenance {
     pub settled_slots: usize,
 }
 
-/// What an apply changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What an apply changed, and the VIPs it could not apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     pub vips_added: usize,
     pub vips_removed: usize,
@@ -68,6 +69,9 @@ pub struct ApplyReport {
     pub vips_changed: usize,
     /// Individual writes to the data plane (map entries, table slots).
     pub writes: usize,
+    /// VIPs left as they were (a new one: not programmed at all), each with why. The
+    /// others were applied regardless.
+    pub failed: Vec<VipFailure>,
 }
 
 impl ApplyReport {
@@ -76,9 +80,24 @@ impl ApplyReport {
     }
 }
 
+/// A VIP a data plane could not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipFailure {
+    pub vip: Vip,
+    /// A map or id space is full: retrying helps only once something else leaves.
+    pub capacity: bool,
+    /// What went wrong, naming the VIP and the limit or the OS error.
+    pub message: String,
+}
+
+/// A data plane: XDP maps, or (where XDP cannot run) the kernel's IPVS.
+///
+/// Errors are per VIP: a VIP that cannot be applied (a full map, a write the kernel
+/// refuses) is left as it was and listed in `ApplyReport::failed`, and every other VIP
+/// is applied. `Err` means the data plane as a whole is lost.
 pub trait Dataplane {
     type Error: std::error::Error + Send + Sync + 'static;
-    /// Makes the data plane hold exactly `snapshot`.
+    /// Makes the data plane hold exactly `snapshot` (except the VIPs that fail).
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error>;
     /// Makes the data plane hold these VIPs as given (`None`: removed), the others as
     /// they are: what a change to a few VIPs costs, whatever the number of VIPs.
@@ -86,40 +105,19 @@ pub trait Dataplane {
     /// Counts live flows (for drains) and tidies up; `idle` is how long a flow may be
     /// silent and still count as live.
     fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, Self::Error>;
+    /// What the data plane holds for `vip` now (`None`: nothing, the VIP is not served).
+    fn programmed(&self, vip: &Vip) -> Option<Programmed>;
 }
 
-/// The data plane in use: a closed set, chosen once at startup.
-pub enum AnyDataplane {
-    Xdp(Box<xdp::XdpDataplane>),
-    Fake(fake::FakeDataplane),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AnyError {
-    #[error(transparent)]
-    Xdp(#[from] xdp::XdpError),
-    #[error(transparent)]
-    Fake(#[from] std::convert::Infallible),
-}
-
-impl Dataplane for AnyDataplane {
-    type Error = AnyError;
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, AnyError> {
-        Ok(match self {
-            AnyDataplane::Xdp(d) => d.apply(snapshot)?,
-            AnyDataplane::Fake(d) => d.apply(snapshot)?,
-        })
-    }
-    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, AnyError> {
-        Ok(match self {
-            AnyDataplane::Xdp(d) => d.apply_vips(changes)?,
-            AnyDataplane::Fake(d) => d.apply_vips(changes)?,
-        })
-    }
-    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, AnyError> {
-        Ok(match self {
-            AnyDataplane::Xdp(d) => d.maintain(idle)?,
-            AnyDataplane::Fake(d) => d.maintain(idle)?,
-        })
-    }
+/// What a data plane holds for one VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Programmed {
+    /// Backends that take new flows (weight above 0, reachable).
+    pub serving: usize,
+    /// Of those, backends still ramping up (slow start).
+    pub ramping: usize,
+    /// Backends that only keep established flows.
+    pub draining: usize,
+    /// Backends held but not reachable yet (no link-layer address).
+    pub unresolved: usize,
 }

@@ -107,6 +107,8 @@ pub struct ServiceOutcome {
     /// VIPs this Service owns in the wanted state.
     pub vips: Vec<Vip>,
     pub problems: Vec<ServiceProblem>,
+    /// What the data plane holds: filled in by the agent after a sync, never here.
+    pub held: super::held::Held,
 }
 
 /// One port of a Service, judged on its own.

@@ -2,6 +2,7 @@
 //! Service status, conditions and Events, and the pods' `progress` labels.
 
 pub mod desired;
+pub mod held;
 pub mod objects;
 pub mod report;
 pub mod watch;

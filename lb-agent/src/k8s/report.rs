@@ -52,6 +52,8 @@ pub enum Report {
     Progress(Vec<(IpAddr, (String, String), u32)>),
     /// A Normal Event on a Service: (Service, reason, note).
     Event(ServiceKey, &'static str, String),
+    /// A Warning Event on a Service: (Service, reason, note).
+    Warning(ServiceKey, &'static str, String),
 }
 
 /// The handle the loop sends through.
@@ -167,7 +169,8 @@ impl KubeReporter {
                     }
                 }
                 Report::Progress(list) => progress.extend(list.into_iter().map(|(a, pod, p)| (a, (pod, p)))),
-                Report::Event(key, reason, note) => events.push((key, reason, note)),
+                Report::Event(key, reason, note) => events.push((key, EventType::Normal, reason, note)),
+                Report::Warning(key, reason, note) => events.push((key, EventType::Warning, reason, note)),
             }
         }
         self.statuses(services).await;
@@ -175,8 +178,8 @@ impl KubeReporter {
             self.release(key).await;
         }
         self.progress(progress).await;
-        for (key, reason, note) in events {
-            self.event(&key, EventType::Normal, reason, note).await;
+        for (key, type_, reason, note) in events {
+            self.event(&key, type_, reason, note).await;
         }
     }
 

@@ -67,6 +67,8 @@ impl XdpDataplane {
                 table_changed_at: Instant::now(),
                 in_transition: live.iter().any(|e| e.backend != e.prev),
                 ranges: ranges.remove(&meta.id).unwrap_or_default(),
+                live: true,
+                addr_held: true,
             };
             dp.vips.insert(vip, state);
             // Rewrites what is there already, and counts the address's users.

@@ -8,9 +8,11 @@
 
 mod addrs;
 mod adopt;
+mod apply;
 mod flows;
+mod ids;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -23,8 +25,9 @@ use lb_common::{
 
 pub use adopt::AdoptedBackend;
 pub use flows::monotonic_coarse_ns;
+use ids::IdPool;
 
-use super::{table, ApplyReport, Dataplane, Maintenance, SnapBackend, SnapVip, Snapshot};
+use super::{table, ApplyReport, SnapBackend, SnapVip};
 use crate::loader::{LoadOptions, Maps};
 use crate::model::{addr_bytes, family, Vip};
 
@@ -55,29 +58,6 @@ pub enum XdpError {
     },
 }
 
-/// Hands out ids, reusing the longest-freed one last so a stale reference to a freed id
-/// is unlikely to meet a new owner soon.
-struct IdPool {
-    free: VecDeque<u32>,
-    capacity: u32,
-}
-
-impl IdPool {
-    fn new(capacity: u32) -> Self {
-        IdPool { free: (0..capacity).collect(), capacity }
-    }
-    fn take(&mut self) -> Option<u32> {
-        self.free.pop_front()
-    }
-    fn give(&mut self, id: u32) {
-        self.free.push_back(id);
-    }
-    /// Marks an id in use (adoption).
-    fn claim(&mut self, id: u32) {
-        self.free.retain(|&f| f != id);
-    }
-}
-
 struct BackendState {
     id: u32,
     written: Backend,
@@ -94,6 +74,10 @@ struct VipState {
     in_transition: bool,
     /// The source ranges written to `SRC_RANGES`.
     ranges: BTreeSet<ipnet::IpNet>,
+    /// Its `VIPS` entry is written: packets reach its table.
+    live: bool,
+    /// Its address is counted in `VIP_ADDRS` and the filter.
+    addr_held: bool,
 }
 
 pub struct XdpDataplane {
@@ -135,22 +119,38 @@ impl XdpDataplane {
         self.vips.get(vip).map(|v| v.id)
     }
 
+    /// Removes a VIP. If its `VIPS` entry cannot be removed the VIP stays whole (and
+    /// the error says so); after that, every step is tried and the first error returned.
     fn remove_vip(&mut self, vip: Vip) -> Result<usize, XdpError> {
-        let Some(state) = self.vips.remove(&vip) else { return Ok(0) };
+        let Some(state) = self.vips.get(&vip) else { return Ok(0) };
         let map_err = |map, source| XdpError::Map { vip, map, source };
+        let mut writes = 0;
         // Unmatch first (packets pass to the kernel), then free what it used.
-        self.maps.vips.remove(&vip.key()).map_err(|e| map_err("VIPS", e))?;
-        let mut writes = 1;
-        for b in state.backends.values() {
-            self.maps.backends.set(b.id, Backend::default(), 0).map_err(|e| map_err("BACKENDS", e))?;
-            self.backend_ids.give(b.id);
+        if state.live {
+            self.maps.vips.remove(&vip.key()).map_err(|e| map_err("VIPS", e))?;
             writes += 1;
         }
-        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &BTreeSet::new(), true)
-            .map_err(|e| map_err("SRC_RANGES", e))?;
-        writes += self.addrs.remove(&mut self.maps, vip.addr).map_err(|e| map_err("VIP_ADDRS", e))?;
+        let state = self.vips.remove(&vip).expect("present");
+        let mut first: Option<XdpError> = None;
+        for b in state.backends.values() {
+            match self.maps.backends.set(b.id, Backend::default(), 0) {
+                Ok(()) => writes += 1,
+                Err(e) => _ = first.get_or_insert(map_err("BACKENDS", e)),
+            }
+            self.backend_ids.give(b.id);
+        }
+        match addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &BTreeSet::new(), true) {
+            Ok(n) => writes += n,
+            Err(e) => _ = first.get_or_insert(map_err("SRC_RANGES", e)),
+        }
+        if state.addr_held {
+            match self.addrs.remove(&mut self.maps, vip.addr) {
+                Ok(n) => writes += n,
+                Err(e) => _ = first.get_or_insert(map_err("VIP_ADDRS", e)),
+            }
+        }
         self.vip_ids.give(state.id);
-        Ok(writes)
+        first.map_or(Ok(writes), Err)
     }
 
     fn new_vip(&mut self, vip: Vip) -> Result<(), XdpError> {
@@ -168,11 +168,14 @@ impl XdpDataplane {
             table_changed_at: Instant::now(),
             in_transition: false,
             ranges: BTreeSet::new(),
+            live: false,
+            addr_held: false,
         };
         self.vips.insert(vip, state);
         Ok(())
     }
 
+    /// Applies one VIP. On an error the VIP is left for `recover`.
     fn apply_vip(&mut self, vip: Vip, wanted: &SnapVip, report: &mut ApplyReport) -> Result<(), XdpError> {
         let is_new = !self.vips.contains_key(&vip);
         if is_new {
@@ -219,22 +222,25 @@ impl XdpDataplane {
             state.table_changed_at = Instant::now();
             state.in_transition = next.iter().any(|e| e.backend != e.prev);
         }
-        if is_new || meta != state.meta {
-            // The flip: one update makes the new table (and settings) live.
-            self.maps.vips.insert(vip.key(), meta, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;
-            state.meta = meta;
-            writes += 1;
-        }
-        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, true)
-            .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
-        state.ranges = ranges;
-        if is_new {
+        if !state.addr_held {
+            // Closed to all but its ports from before it serves.
             writes += self.addrs.add(&mut self.maps, vip.addr).map_err(|source| XdpError::Map {
                 vip,
                 map: "VIP_ADDRS",
                 source,
             })?;
+            state.addr_held = true;
         }
+        if !state.live || meta != state.meta {
+            // The flip: one update makes the new table (and settings) live.
+            self.maps.vips.insert(vip.key(), meta, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;
+            state.meta = meta;
+            state.live = true;
+            writes += 1;
+        }
+        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, true)
+            .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
+        state.ranges = ranges;
         // Backends that left are unreachable from the live table now.
         for id in removed {
             state.backends.retain(|_, b| b.id != id);
@@ -359,40 +365,4 @@ fn backend_value(b: &SnapBackend, vip_id: u32) -> Backend {
 fn reset_counter(stats: &mut PerCpuArray<MapData, Traffic>, nr_cpus: usize, id: u32) -> Result<(), MapError> {
     let zero = PerCpuValues::try_from(vec![Traffic::default(); nr_cpus]).map_err(MapError::IoError)?;
     stats.set(id, zero, 0)
-}
-
-impl Dataplane for XdpDataplane {
-    type Error = XdpError;
-
-    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, XdpError> {
-        let mut report = ApplyReport::default();
-        let gone: Vec<Vip> = self.vips.keys().filter(|v| !snapshot.vips.contains_key(v)).copied().collect();
-        for vip in gone {
-            report.writes += self.remove_vip(vip)?;
-            report.vips_removed += 1;
-        }
-        for (vip, wanted) in &snapshot.vips {
-            self.apply_vip(*vip, wanted, &mut report)?;
-        }
-        Ok(report)
-    }
-
-    fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, XdpError> {
-        let mut report = ApplyReport::default();
-        for (vip, wanted) in changes {
-            match wanted {
-                Some(w) => self.apply_vip(*vip, w, &mut report)?,
-                None if self.vips.contains_key(vip) => {
-                    report.writes += self.remove_vip(*vip)?;
-                    report.vips_removed += 1;
-                }
-                None => {}
-            }
-        }
-        Ok(report)
-    }
-
-    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, XdpError> {
-        flows::maintain(self, idle)
-    }
 }

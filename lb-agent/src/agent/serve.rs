@@ -1,0 +1,335 @@
+//! The loop: changes from the source, link-layer addresses, the clock and signals in;
+//! host state, then the data plane, brought up to date VIP by VIP. One VIP that fails
+//! (a full map, a refused write) is reported and retried on its own; the others go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::failures::Failures;
+use super::host::{Host, Users};
+use super::plan::{self, Inputs};
+use super::source::{self, Outcome, Source};
+use super::view::{DrainView, SharedView};
+use super::{mtime, unix_ms, AgentError, RunOptions, MAINTAIN_EVERY, TICK};
+use crate::dataplane::xdp::AdoptedBackend;
+use crate::dataplane::{ApplyReport, Dataplane, Snapshot};
+use crate::model::{Desired, Vip};
+use crate::ramp::{Ramp, Record};
+
+/// What the next sync must bring up to date.
+#[derive(Default)]
+pub struct Pending {
+    /// Everything (start, reload, after a failure).
+    pub all: bool,
+    pub vips: BTreeSet<Vip>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.all && self.vips.is_empty()
+    }
+}
+
+pub struct Agent<D: Dataplane> {
+    pub source: Source,
+    /// How the data plane runs, for status messages.
+    mode: String,
+    pub host: Host,
+    dp: D,
+    pub desired: Desired,
+    ramp: Ramp,
+    live: BTreeMap<(Vip, IpAddr), u64>,
+    view: SharedView,
+    pub config_mtime: Option<SystemTime>,
+    /// Which VIPs use which backends.
+    users: Users,
+    pending: Pending,
+    failures: Failures,
+    /// New or changed entries of the neighbour table.
+    macs: mpsc::Receiver<Vec<(IpAddr, [u8; 6])>>,
+}
+
+impl<D: Dataplane> Agent<D> {
+    pub fn new(
+        source: Source,
+        mode: String,
+        host: Host,
+        dp: D,
+        desired: Desired,
+        view: SharedView,
+        macs: mpsc::Receiver<Vec<(IpAddr, [u8; 6])>>,
+    ) -> Self {
+        Agent {
+            source,
+            mode,
+            host,
+            dp,
+            desired,
+            ramp: Ramp::default(),
+            live: BTreeMap::new(),
+            view,
+            config_mtime: None,
+            users: Users::default(),
+            pending: Pending { all: true, vips: BTreeSet::new() },
+            failures: Failures::default(),
+            macs,
+        }
+    }
+
+    /// Continues where the previous agent left off: its ramps and drains, its VIP
+    /// addresses and neighbour entries.
+    pub fn take_over(&mut self, adopted: &[AdoptedBackend]) {
+        for a in adopted {
+            let record = Record {
+                target: a.target,
+                progress: a.progress,
+                step_at_ms: a.since_ms,
+                draining_since_ms: a.draining.then_some(a.since_ms),
+            };
+            self.ramp.restore(a.vip, a.addr, record);
+            self.host.added.insert(a.vip.addr);
+            self.host.resolving.insert(a.addr);
+            if let Some(mac) = a.mac {
+                self.host.last_mac.insert(a.addr, mac);
+            }
+        }
+    }
+
+    pub async fn serve(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+        let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+        let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+        let mut tick = tokio::time::interval(TICK);
+        let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+        let watch = self.source.watch();
+        loop {
+            let changed = async {
+                match &watch {
+                    Some(k) => k.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = changed => {
+                    let vips = self.source.take_changes(&mut self.desired, &self.host.link);
+                    self.pending.vips.extend(vips);
+                    self.sync_pending(opts).await?;
+                }
+                Some(entries) = self.macs.recv() => {
+                    let changed = self.host.apply_macs(&entries);
+                    self.pending.vips.extend(self.desired_users(changed.into_iter().collect()));
+                    self.sync_pending(opts).await?;
+                }
+                _ = tick.tick() => {
+                    if self.source.is_static() && mtime(&opts.config_path) != self.config_mtime {
+                        self.reload(opts);
+                        self.pending.all = true;
+                    }
+                    // Time alone changes weights only where something ramps or drains.
+                    self.pending.vips.extend(self.ramp.busy_vips().iter().copied());
+                    self.pending.vips.extend(self.failures.due(Instant::now()));
+                    if self.host.has_unresolved() {
+                        match self.host.check_unresolved().await {
+                            Ok(resolved) => {
+                                self.pending.vips.extend(self.desired_users(resolved.into_iter().collect()));
+                            }
+                            Err(e) => warn!(error = %e, "looking up unresolved backends"),
+                        }
+                    }
+                    self.sync_pending(opts).await?;
+                }
+                _ = maintain.tick() => self.maintain(opts),
+                _ = hup.recv() => {
+                    if self.source.is_static() {
+                        self.reload(opts);
+                    }
+                    self.pending.all = true;
+                    self.sync_pending(opts).await?;
+                }
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// The VIPs that use or want any of the backends `addrs` (one whose MAC just became
+    /// known may not be in use yet).
+    fn desired_users(&self, addrs: std::collections::HashSet<IpAddr>) -> Vec<Vip> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        let mut vips = self.users.vips_using(&addrs);
+        let wanting = self.desired.vips.iter().filter(|(_, s)| s.backends.iter().any(|b| addrs.contains(&b.addr)));
+        vips.extend(wanting.map(|(v, _)| *v));
+        vips
+    }
+
+    /// Re-reads the config file (see `super::reload`).
+    fn reload(&mut self, opts: &RunOptions) {
+        self.config_mtime = mtime(&opts.config_path);
+        match super::reload::reload(opts, &self.desired, &self.host.link) {
+            Ok((desired, had_errors)) => {
+                if had_errors {
+                    self.view.lock().expect("view lock").config_errors += 1;
+                }
+                self.desired = desired;
+            }
+            Err(()) => self.view.lock().expect("view lock").config_errors += 1,
+        }
+    }
+
+    /// Brings what is pending up to date, records the outcome and tells the source.
+    /// A sync that fails as a whole (not one VIP) is retried in full on the next tick;
+    /// only a lost data plane is fatal.
+    async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let scope = std::mem::take(&mut self.pending);
+        let started = Instant::now();
+        let tried: BTreeSet<Vip> = if scope.all {
+            let mut all: BTreeSet<Vip> = self.desired.vips.keys().copied().collect();
+            all.extend(self.ramp.vips());
+            all
+        } else {
+            scope.vips.clone()
+        };
+        match self.sync(opts, scope.all, &tried).await {
+            Ok((plan, report)) => {
+                let changes = self.failures.update(&tried, &report.failed, Instant::now());
+                for f in &changes.new {
+                    warn!(vip = %f.vip, error = %f.message, "VIP not applied; the others are, and it is retried");
+                }
+                for vip in &changes.fixed {
+                    info!(%vip, "VIP applied after an earlier failure");
+                }
+                self.record(None, started);
+                let outcome = Outcome {
+                    mode: &self.mode,
+                    error: None,
+                    tried: &tried,
+                    dp: &self.dp,
+                    failures: &self.failures,
+                    live: &self.live,
+                    effective: &plan.effective,
+                    events: &plan.events,
+                    new_failures: &changes.new,
+                };
+                self.source.report(&outcome);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.all = true;
+                self.record(Some(&e), started);
+                let outcome = Outcome {
+                    mode: &self.mode,
+                    error: Some(e.to_string()),
+                    tried: &BTreeSet::new(),
+                    dp: &self.dp,
+                    failures: &self.failures,
+                    live: &self.live,
+                    effective: &[],
+                    events: &[],
+                    new_failures: &[],
+                };
+                self.source.report(&outcome);
+                match e {
+                    AgentError::Dataplane(_) => Err(e),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Records a sync's outcome in the view (readiness, counters).
+    fn record(&mut self, error: Option<&AgentError>, started: Instant) {
+        let mut v = self.view.lock().expect("view lock");
+        v.syncs += 1;
+        v.last_sync_seconds = started.elapsed().as_secs_f64();
+        v.vip_failures = self.failures.len() as u64;
+        v.vip_capacity_failures = self.failures.capacity_count() as u64;
+        match error {
+            None if !v.ready => {
+                v.ready = true;
+                crate::mem::give_back_free_memory();
+                info!(rss_mib = crate::mem::rss_mib(), "ready: first sync done");
+            }
+            None => {}
+            Some(e) => {
+                v.sync_errors += 1;
+                warn!(error = %e, "sync failed; retrying");
+            }
+        }
+    }
+
+    /// One level-triggered pass over the VIPs `tried`: host state, ramp, then the data
+    /// plane (all of it when `all`).
+    async fn sync(
+        &mut self,
+        opts: &RunOptions,
+        all: bool,
+        tried: &BTreeSet<Vip>,
+    ) -> Result<(plan::Plan, ApplyReport), AgentError> {
+        if all {
+            self.host.sync_all(&self.desired).await?;
+        } else {
+            self.host.sync_vips(&self.desired, tried).await?;
+        }
+        for vip in tried.iter().filter(|v| !self.desired.vips.contains_key(v)) {
+            self.failures.forget(vip);
+        }
+        let host = &self.host;
+        let input = Inputs {
+            desired: &self.desired,
+            ramp: opts.ramp,
+            drain: &opts.drain,
+            live: &self.live,
+            mac: &|a| host.mac(a),
+            now_ms: unix_ms(),
+        };
+        let plan = plan::plan(tried, &input, &mut self.ramp, &mut self.users);
+        source::log_events(&plan.events);
+        let result = if all {
+            let vips = plan.changes.iter().filter_map(|(v, s)| Some((*v, s.clone()?))).collect();
+            self.dp.apply(&Snapshot { vips })
+        } else {
+            self.dp.apply_vips(&plan.changes)
+        };
+        let report = result.map_err(|e| AgentError::Dataplane(Box::new(e)))?;
+        if !report.is_noop() {
+            info!(
+                added = report.vips_added,
+                removed = report.vips_removed,
+                changed = report.vips_changed,
+                writes = report.writes,
+                failed = report.failed.len(),
+                "data plane updated"
+            );
+        }
+        self.host.forget(&plan.unused).await?;
+        Ok((plan, report))
+    }
+
+    /// Counts live flows of draining backends and settles changed slots.
+    fn maintain(&mut self, opts: &RunOptions) {
+        match self.dp.maintain(opts.flow_idle) {
+            Ok(m) => {
+                if m.settled_slots > 0 {
+                    info!(slots = m.settled_slots, "changed table slots settled back to stable");
+                }
+                self.view.lock().expect("view lock").draining = m
+                    .live_flows
+                    .iter()
+                    .map(|((vip, addr), n)| DrainView { vip: vip.to_string(), backend: *addr, live_flows: *n })
+                    .collect();
+                self.live = m.live_flows;
+            }
+            Err(e) => warn!(error = %e, "reading the flow table"),
+        }
+    }
+}
