@@ -60,9 +60,14 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
 fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'static str, String) {
     let v = view.lock().expect("view lock").clone();
     match path {
-        "/healthz" => ("200 OK", "ok\n".into()),
-        "/readyz" if v.ready => ("200 OK", "ready\n".into()),
-        "/readyz" => ("503 Service Unavailable", "not ready: no successful sync yet\n".into()),
+        "/healthz" => match v.health(crate::agent::unix_ms()) {
+            Ok(()) => ("200 OK", "ok\n".into()),
+            Err(why) => ("503 Service Unavailable", format!("unhealthy: {why}\n")),
+        },
+        "/readyz" => match v.readiness() {
+            Ok(()) => ("200 OK", "ready\n".into()),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        },
         "/metrics" => {
             let maps = Maps::from_pinned(pin_dir).map_err(|e| e.to_string());
             let insp = maps.and_then(|(m, meta)| inspect(&m, &meta, FLOW_IDLE).map_err(|e| e.to_string()));

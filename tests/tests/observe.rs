@@ -371,5 +371,21 @@ fn metrics_endpoint_serves_health_readiness_and_counters() {
     assert_eq!(series(&page, "lb_ready"), Some(1.0), "{page}");
     let (code, _) = http_get(&lab, port, "/nosuch").unwrap();
     assert_eq!(code, 404);
+    // A program that is no longer attached is no health: /healthz says so and why.
+    let link = lb_agent::loader::link_path(&agent.pin_dir);
+    let out = std::process::Command::new("bpftool").args(["link", "detach", "pinned"]).arg(&link).output().unwrap();
+    assert!(out.status.success(), "bpftool link detach: {}", String::from_utf8_lossy(&out.stderr));
+    let body = wait_for(&lab, port, "/healthz", 503).unwrap();
+    assert!(body.contains("detached"), "/healthz body: {body}");
     assert!(agent.stop().unwrap().success());
+}
+
+#[test]
+fn health_fails_when_the_loop_stops_turning() {
+    use lb_agent::agent::view::{AgentView, STUCK_AFTER_MS};
+    let v = AgentView { ready: true, heartbeat_ms: 1_000_000, ..Default::default() };
+    assert!(v.health(1_000_000 + STUCK_AFTER_MS).is_ok());
+    assert!(v.health(1_000_001 + STUCK_AFTER_MS).unwrap_err().contains("not turned"));
+    let failing = AgentView { sync_failing: true, ..v.clone() };
+    assert!(v.readiness().is_ok() && failing.readiness().is_err());
 }

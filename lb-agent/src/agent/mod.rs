@@ -112,7 +112,7 @@ fn check_host(link: &Link, desired: &Desired) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -222,6 +222,7 @@ async fn kube_source(k: &KubeOptions, mode: &str) -> Result<Source, AgentError> 
         reported_host: None,
         held: BTreeMap::new(),
         off_link: BTreeMap::new(),
+        draining_flows: BTreeMap::new(),
     })))
 }
 

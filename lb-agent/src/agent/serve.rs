@@ -17,7 +17,7 @@ use super::source::{self, Outcome, Source};
 use super::view::{DrainView, SharedView};
 use super::{mtime, unix_ms, AgentError, RunOptions, MAINTAIN_EVERY, TICK};
 use crate::dataplane::xdp::AdoptedBackend;
-use crate::dataplane::{ApplyReport, Dataplane, Snapshot};
+use crate::dataplane::{ApplyReport, Dataplane, Snapshot, VipFailure};
 use crate::model::{Desired, Vip};
 use crate::ramp::{Ramp, Record};
 
@@ -126,6 +126,7 @@ impl<D: Dataplane> Agent<D> {
                     self.sync_pending(opts).await?;
                 }
                 _ = tick.tick() => {
+                    self.heartbeat(opts);
                     if self.source.is_static() && mtime(&opts.config_path) != self.config_mtime {
                         self.reload(opts);
                         self.pending.all = true;
@@ -155,6 +156,19 @@ impl<D: Dataplane> Agent<D> {
                 _ = int.recv() => return Ok(()),
             }
         }
+    }
+
+    /// Notes that the loop turns, and whether the program is still attached.
+    fn heartbeat(&mut self, opts: &RunOptions) {
+        let iface = &opts.config.iface;
+        let link = crate::loader::link_path(&opts.pin_root.join(iface));
+        let detached = crate::health::attached(&link, iface).err();
+        let mut v = self.view.lock().expect("view lock");
+        if detached.is_some() && v.detached != detached {
+            warn!(problem = detached.as_deref().unwrap_or_default(), "data path not in place");
+        }
+        v.detached = detached;
+        v.heartbeat_ms = unix_ms();
     }
 
     /// The VIPs that use or want any of the backends `addrs` (one whose MAC just became
@@ -188,6 +202,8 @@ impl<D: Dataplane> Agent<D> {
     /// only a lost data plane is fatal.
     async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
         if self.pending.is_empty() {
+            // A Service can change without touching a VIP (a new problem): report it.
+            self.report(None, &BTreeSet::new(), &plan::Plan::default(), &[]);
             return Ok(());
         }
         let scope = std::mem::take(&mut self.pending);
@@ -209,41 +225,34 @@ impl<D: Dataplane> Agent<D> {
                     info!(%vip, "VIP applied after an earlier failure");
                 }
                 self.record(None, started);
-                let outcome = Outcome {
-                    mode: &self.mode,
-                    error: None,
-                    tried: &tried,
-                    dp: &self.dp,
-                    failures: &self.failures,
-                    live: &self.live,
-                    effective: &plan.effective,
-                    events: &plan.events,
-                    new_failures: &changes.new,
-                };
-                self.source.report(&outcome);
+                self.report(None, &tried, &plan, &changes.new);
                 Ok(())
             }
             Err(e) => {
                 self.pending.all = true;
                 self.record(Some(&e), started);
-                let outcome = Outcome {
-                    mode: &self.mode,
-                    error: Some(e.to_string()),
-                    tried: &BTreeSet::new(),
-                    dp: &self.dp,
-                    failures: &self.failures,
-                    live: &self.live,
-                    effective: &[],
-                    events: &[],
-                    new_failures: &[],
-                };
-                self.source.report(&outcome);
+                self.report(Some(e.to_string()), &BTreeSet::new(), &plan::Plan::default(), &[]);
                 match e {
                     AgentError::Dataplane(_) => Err(e),
                     _ => Ok(()),
                 }
             }
         }
+    }
+
+    fn report(&mut self, error: Option<String>, tried: &BTreeSet<Vip>, plan: &plan::Plan, new: &[VipFailure]) {
+        let outcome = Outcome {
+            mode: &self.mode,
+            error,
+            tried,
+            dp: &self.dp,
+            failures: &self.failures,
+            live: &self.live,
+            effective: &plan.effective,
+            events: &plan.events,
+            new_failures: new,
+        };
+        self.source.report(&outcome);
     }
 
     /// Records a sync's outcome in the view (readiness, counters).
@@ -253,6 +262,7 @@ impl<D: Dataplane> Agent<D> {
         v.last_sync_seconds = started.elapsed().as_secs_f64();
         v.vip_failures = self.failures.len() as u64;
         v.vip_capacity_failures = self.failures.capacity_count() as u64;
+        v.sync_failing = error.is_some();
         match error {
             None if !v.ready => {
                 v.ready = true;

@@ -37,6 +37,8 @@ pub struct Kube {
     pub held: BTreeMap<Vip, VipHeld>,
     /// Endpoints left out per VIP (not on the interface's subnets).
     pub off_link: BTreeMap<Vip, Vec<IpAddr>>,
+    /// Live flows of draining backends last reported, per VIP.
+    pub draining_flows: BTreeMap<Vip, u64>,
 }
 
 /// Everything a report needs from one sync.
@@ -121,7 +123,9 @@ impl Source {
         }
         for vip in o.tried {
             let now = held_now(vip, o);
-            if k.held.get(vip) != Some(&now) {
+            let flows = live_of(vip, o.live);
+            let flows_changed = k.draining_flows.insert(*vip, flows).unwrap_or(0) != flows;
+            if k.held.get(vip) != Some(&now) || flows_changed {
                 k.held.insert(*vip, now);
                 k.changed.extend(k.state.owner(vip).cloned());
             }
@@ -191,11 +195,15 @@ fn held_of(
     for vip in vips {
         out.vips.insert(*vip, held.get(vip).cloned().unwrap_or(VipHeld::Missing));
         out.off_link.extend(off_link.get(vip).into_iter().flatten().copied());
-        out.draining_flows += live.iter().filter(|((v, _), _)| v == vip).map(|(_, n)| n).sum::<u64>();
+        out.draining_flows += live_of(vip, live);
     }
     out.off_link.sort();
     out.off_link.dedup();
     out
+}
+
+fn live_of(vip: &Vip, live: &BTreeMap<(Vip, IpAddr), u64>) -> u64 {
+    live.range((*vip, IpAddr::from([0u8; 4]))..).take_while(|((v, _), _)| v == vip).map(|(_, n)| n).sum()
 }
 
 /// Leaves out the backends that are not on the interface's subnets (direct server

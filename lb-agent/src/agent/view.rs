@@ -20,6 +20,39 @@ pub struct AgentView {
     /// Of those, VIPs for which a map is full.
     pub vip_capacity_failures: u64,
     pub draining: Vec<DrainView>,
+    /// Unix ms of the loop's last turn (`/healthz` fails when it stops turning).
+    pub heartbeat_ms: u64,
+    /// Why the data path is not in place, if it is not (`/healthz`).
+    pub detached: Option<String>,
+    /// The last sync failed as a whole (`/readyz`).
+    pub sync_failing: bool,
+}
+
+/// The loop is stuck when it has not turned for this long (a full sync of 10,000
+/// Services takes about a second).
+pub const STUCK_AFTER_MS: u64 = 30_000;
+
+impl AgentView {
+    /// `/healthz`: `Err(why)` when the loop is stuck or the program is not attached.
+    pub fn health(&self, now_ms: u64) -> Result<(), String> {
+        if let Some(why) = &self.detached {
+            return Err(why.clone());
+        }
+        let age = now_ms.saturating_sub(self.heartbeat_ms);
+        if self.heartbeat_ms > 0 && age > STUCK_AFTER_MS {
+            return Err(format!("the agent's loop has not turned for {} s", age / 1000));
+        }
+        Ok(())
+    }
+
+    /// `/readyz`: `Err(why)` before the first successful sync and while syncs fail.
+    pub fn readiness(&self) -> Result<(), String> {
+        match (self.ready, self.sync_failing) {
+            (false, _) => Err("no successful sync yet".into()),
+            (true, true) => Err("the last sync failed; retrying".into()),
+            (true, false) => Ok(()),
+        }
+    }
 }
 
 /// A draining backend and its remaining live flows.

@@ -278,15 +278,29 @@ impl KubeReporter {
                 events.push((key.clone(), EventType::Warning, p.reason(), p.to_string()));
             }
         }
-        let host = &self.host;
-        let ok = !outcome.vips.is_empty() && host.error.is_none();
-        let (reason, message) = match (&host.error, outcome.problems.first()) {
-            (Some(e), _) => ("SyncFailed", format!("{}: {e}", host.mode)),
-            (None, _) if outcome.vips.is_empty() => {
-                ("NotProgrammed", outcome.problems.first().map(|p| p.to_string()).unwrap_or_default())
+        let (host, held) = (&self.host, &outcome.held);
+        if !held.off_link.is_empty() {
+            let list: Vec<String> = held.off_link.iter().map(ToString::to_string).collect();
+            let note = format!(
+                "{} endpoints skipped: not on the LB interface's subnets (direct server return needs them on its link): {}",
+                list.len(),
+                list.join(", ")
+            );
+            if self.reported.insert((key.clone(), note.clone())) {
+                events.push((key.clone(), EventType::Warning, "EndpointsSkipped", note));
             }
-            (None, Some(p)) => ("PartlyProgrammed", format!("{} ({} VIPs); {p}", host.mode, outcome.vips.len())),
-            (None, None) => ("Programmed", format!("{} ({} VIPs)", host.mode, outcome.vips.len())),
+        }
+        // From what the data plane holds, not from what was wanted.
+        let ok = held.serving() && host.error.is_none();
+        let (reason, message) = match (&host.error, held.failure(), outcome.problems.first()) {
+            (Some(e), _, _) => ("SyncFailed", format!("{}: {e}", host.mode)),
+            (None, Some((vip, m)), _) => ("NotProgrammed", format!("{vip}: {m}")),
+            (None, None, p) if outcome.vips.is_empty() => {
+                ("NotProgrammed", p.map(|p| p.to_string()).unwrap_or_default())
+            }
+            (None, None, _) if !ok => ("NoServingBackends", format!("{}: {held}", host.mode)),
+            (None, None, Some(p)) => ("PartlyProgrammed", format!("{}: {held}; {p}", host.mode)),
+            (None, None, None) => ("Programmed", format!("{}: {held}", host.mode)),
         };
         if ok && self.programmed.insert(key.clone()) {
             let vips: Vec<String> = outcome.vips.iter().map(ToString::to_string).collect();
