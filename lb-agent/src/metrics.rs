@@ -28,8 +28,11 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
             tokio::spawn(async move {
                 let Some(head) = read_head(&mut conn).await else { return };
                 let request = String::from_utf8_lossy(&head);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = respond(path, &pin_dir, &view);
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                // Reading the maps (the flow table at /metrics) takes a worker thread,
+                // never the runtime thread the agent's loop runs on.
+                let answer = tokio::task::spawn_blocking(move || respond(&path, &pin_dir, &view)).await;
+                let Ok((status, body)) = answer else { return };
                 let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()

@@ -42,6 +42,13 @@ impl NewPins {
         NewPins { map, slots }
     }
 
+    /// Another handle on the same map (a duplicated descriptor), for another thread.
+    pub fn try_clone(&self) -> std::io::Result<NewPins> {
+        let fd = self.map.fd().as_fd().try_clone_to_owned()?;
+        let map = MapData::from_fd(fd).map_err(std::io::Error::other)?;
+        Ok(NewPins { map, slots: self.slots })
+    }
+
     fn mapping(&self) -> std::io::Result<Mapping> {
         let len = (self.slots as usize * std::mem::size_of::<NewPin>()).div_ceil(4096) * 4096;
         let fd = self.map.fd().as_fd().as_raw_fd();

@@ -326,16 +326,19 @@ fn settling_keeps_live_pins() {
     };
     let changed_before = changed(&lab);
     // Pin the flows (their first packet after the change), wait out the idle time,
-    // refresh them, and settle.
+    // refresh them, and settle. The idle time is long enough (3 s) that a loaded
+    // machine cannot make the refreshed flows look idle before the census runs.
+    let idle = std::time::Duration::from_secs(3);
     for f in &flows {
         lab.run(&f.bytes());
     }
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::thread::sleep(idle + std::time::Duration::from_millis(200));
     for f in &flows {
         lab.run(&f.bytes());
     }
     let pinned_prev: Vec<bool> = flows.iter().map(|f| lab.predict(f, v).reason == Reason::Pinned).collect();
-    let m = lab.dp.maintain(std::time::Duration::from_secs(1)).unwrap();
+    let found = lb_agent::dataplane::Census::run(lab.dp.census(idle));
+    let m = lab.dp.maintain(found).unwrap();
     let changed_after = changed(&lab);
     println!("changed slots {changed_before} -> {changed_after}; settled {}", m.settled_slots);
     assert!(m.settled_slots > 0 && changed_after < changed_before, "slots settled");

@@ -81,7 +81,9 @@ impl Loop {
     }
 
     fn maintain(&mut self) {
-        self.live = self.dp.maintain(Duration::from_secs(30)).unwrap().live_flows;
+        use crate::dataplane::Census;
+        let found = self.dp.census(Duration::from_secs(30)).run();
+        self.live = self.dp.maintain(found).unwrap().live_flows;
     }
 }
 

@@ -17,7 +17,7 @@ use super::source::{self, Outcome, Source};
 use super::view::{DrainView, SharedView};
 use super::{mtime, unix_ms, AgentError, RunOptions, MAINTAIN_EVERY, TICK};
 use crate::dataplane::xdp::AdoptedBackend;
-use crate::dataplane::{ApplyReport, Dataplane, Snapshot, VipFailure};
+use crate::dataplane::{ApplyReport, Census, Dataplane, Snapshot, VipFailure};
 use crate::model::{Desired, Vip};
 use crate::ramp::{Ramp, Record};
 
@@ -107,6 +107,8 @@ impl<D: Dataplane> Agent<D> {
         let mut tick = tokio::time::interval(TICK);
         let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
         let watch = self.source.watch();
+        // The flow-table walk in flight, on a worker thread (never on this loop).
+        let mut census: Option<tokio::task::JoinHandle<<D::Census as Census>::Found>> = None;
         loop {
             let changed = async {
                 match &watch {
@@ -144,7 +146,17 @@ impl<D: Dataplane> Agent<D> {
                     }
                     self.sync_pending(opts).await?;
                 }
-                _ = maintain.tick() => self.maintain(opts),
+                _ = maintain.tick(), if census.is_none() => {
+                    let job = self.dp.census(opts.flow_idle);
+                    census = Some(tokio::task::spawn_blocking(move || job.run()));
+                }
+                found = async { census.as_mut().expect("guarded").await }, if census.is_some() => {
+                    census = None;
+                    match found {
+                        Ok(found) => self.maintain(found),
+                        Err(e) => warn!(error = %e, "flow-table census"),
+                    }
+                }
                 _ = hup.recv() => {
                     if self.source.is_static() {
                         self.reload(opts);
@@ -325,9 +337,9 @@ impl<D: Dataplane> Agent<D> {
         Ok((plan, report))
     }
 
-    /// Counts live flows of draining backends and settles changed slots.
-    fn maintain(&mut self, opts: &RunOptions) {
-        match self.dp.maintain(opts.flow_idle) {
+    /// Takes a finished census: live flows of draining backends, settled slots.
+    fn maintain(&mut self, found: <D::Census as Census>::Found) {
+        match self.dp.maintain(found) {
             Ok(m) => {
                 if m.settled_slots > 0 {
                     info!(slots = m.settled_slots, "changed table slots settled back to stable");

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{ApplyReport, Dataplane, Maintenance, Programmed, SnapVip, Snapshot, VipFailure};
+use super::{ApplyReport, Census, Dataplane, Maintenance, Programmed, SnapVip, Snapshot, VipFailure};
 use crate::model::Vip;
 
 #[derive(Default)]
@@ -66,8 +66,17 @@ impl FakeDataplane {
     }
 }
 
+/// The fake has nothing to read off the loop: its live flows are set by the test.
+pub struct NoCensus;
+
+impl Census for NoCensus {
+    type Found = ();
+    fn run(self) {}
+}
+
 impl Dataplane for FakeDataplane {
     type Error = std::convert::Infallible;
+    type Census = NoCensus;
 
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error> {
         let mut report = ApplyReport::default();
@@ -89,7 +98,11 @@ impl Dataplane for FakeDataplane {
         Ok(self.finish(report))
     }
 
-    fn maintain(&mut self, _idle: std::time::Duration) -> Result<Maintenance, Self::Error> {
+    fn census(&self, _idle: std::time::Duration) -> NoCensus {
+        NoCensus
+    }
+
+    fn maintain(&mut self, _found: ()) -> Result<Maintenance, Self::Error> {
         let mut m = Maintenance::default();
         for (vip, v) in &self.current.vips {
             for b in v.backends.iter().filter(|b| b.draining) {

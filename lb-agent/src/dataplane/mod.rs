@@ -97,16 +97,26 @@ pub struct VipFailure {
 /// is applied. `Err` means the data plane as a whole is lost.
 pub trait Dataplane {
     type Error: std::error::Error + Send + Sync + 'static;
+    type Census: Census;
     /// Makes the data plane hold exactly `snapshot` (except the VIPs that fail).
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, Self::Error>;
     /// Makes the data plane hold these VIPs as given (`None`: removed), the others as
     /// they are: what a change to a few VIPs costs, whatever the number of VIPs.
     fn apply_vips(&mut self, changes: &BTreeMap<Vip, Option<SnapVip>>) -> Result<ApplyReport, Self::Error>;
-    /// Counts live flows (for drains) and tidies up; `idle` is how long a flow may be
-    /// silent and still count as live.
-    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, Self::Error>;
+    /// Periodic maintenance, in two halves so the slow one runs off the loop: `census`
+    /// (on the loop, cheap) says what to read; its `run` (on a worker thread) walks the
+    /// flow table; `maintain` (on the loop) takes the result: live flows for drains, and
+    /// what can be tidied up. `idle` is how long a flow may be silent and still count.
+    fn census(&self, idle: std::time::Duration) -> Self::Census;
+    fn maintain(&mut self, found: <Self::Census as Census>::Found) -> Result<Maintenance, Self::Error>;
     /// What the data plane holds for `vip` now (`None`: nothing, the VIP is not served).
     fn programmed(&self, vip: &Vip) -> Option<Programmed>;
+}
+
+/// The slow half of maintenance: reads (never writes) the data plane, off the loop.
+pub trait Census: Send + 'static {
+    type Found: Send + 'static;
+    fn run(self) -> Self::Found;
 }
 
 /// What a data plane holds for one VIP.

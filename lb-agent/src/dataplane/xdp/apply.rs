@@ -64,6 +64,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl Dataplane for XdpDataplane {
     type Error = XdpError;
+    type Census = flows::FlowCensus;
 
     fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, XdpError> {
         let mut report = ApplyReport::default();
@@ -87,8 +88,12 @@ impl Dataplane for XdpDataplane {
         Ok(report)
     }
 
-    fn maintain(&mut self, idle: std::time::Duration) -> Result<Maintenance, XdpError> {
-        flows::maintain(self, idle)
+    fn census(&self, idle: std::time::Duration) -> flows::FlowCensus {
+        flows::census(self, idle)
+    }
+
+    fn maintain(&mut self, found: flows::FlowsFound) -> Result<Maintenance, XdpError> {
+        flows::maintain(self, found)
     }
 
     /// Read from what was written to `BACKENDS` for the VIP (kept beside the maps, so no

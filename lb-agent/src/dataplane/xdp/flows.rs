@@ -9,14 +9,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use aya::maps::MapError;
-use lb_common::{hash, maglev, FlowKey, FlowValue, TableEntry, BACKEND_F_DRAINING, FLOW_F_CLOSING, VIP_F_AFFINITY};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
+use lb_common::{
+    hash, maglev, FlowKey, FlowValue, TableEntry, VipMeta, BACKEND_F_DRAINING, FLOW_F_CLOSING, VIP_F_AFFINITY,
+};
 
 use super::{XdpDataplane, XdpError};
-use crate::dataplane::Maintenance;
+use crate::dataplane::{Census, Maintenance};
 use crate::model::{addr_bytes, addr_from_bytes, family, Vip};
+use crate::pins::NewPins;
 
 /// CLOCK_MONOTONIC_COARSE, the clock of the kernel's `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_coarse_ns() -> u64 {
@@ -26,7 +30,72 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub(super) fn maintain(dp: &mut XdpDataplane, idle: Duration) -> Result<Maintenance, XdpError> {
+/// A VIP whose transition slots may settle, as it was when the census began.
+struct SettleJob {
+    vip: Vip,
+    id: u32,
+    meta: VipMeta,
+    /// When its table last changed: a census older than a change is not used.
+    changed_at: Instant,
+}
+
+/// The flow-table walk, on a worker thread: its own handles on `FLOWS` and
+/// `FLOWS_NEW` (duplicated descriptors), and what to look for.
+pub struct FlowCensus {
+    maps: Option<(HashMap<MapData, FlowKey, FlowValue>, NewPins)>,
+    idle_ns: u64,
+    draining: Vec<(Vip, IpAddr, u32)>,
+    settle: Vec<SettleJob>,
+    hash_seed: u32,
+    table_size: u32,
+}
+
+/// What the walk found: live flows per backend id, and per VIP to settle the (slot,
+/// backend) of each of its live flows.
+pub struct FlowsFound {
+    census: FlowCensus,
+    result: Result<(BTreeMap<u32, u64>, Vec<Vec<(u32, u32)>>), XdpError>,
+}
+
+impl Census for FlowCensus {
+    type Found = FlowsFound;
+    fn run(mut self) -> FlowsFound {
+        let result = match self.maps.take() {
+            None => Ok((BTreeMap::new(), Vec::new())),
+            Some((flows, new)) => self.walk(&flows, &new),
+        };
+        FlowsFound { census: self, result }
+    }
+}
+
+impl FlowCensus {
+    fn walk(
+        &self,
+        flows: &HashMap<MapData, FlowKey, FlowValue>,
+        new: &NewPins,
+    ) -> Result<(BTreeMap<u32, u64>, Vec<Vec<(u32, u32)>>), XdpError> {
+        let all = read_flows(flows, new)?;
+        let now_ns = monotonic_coarse_ns();
+        let recent = |v: &FlowValue| now_ns.saturating_sub(v.last_seen_ns) <= self.idle_ns;
+        let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+        for (_, v) in all.iter().filter(|(_, v)| recent(v) && v.flags & FLOW_F_CLOSING == 0) {
+            *live.entry(v.backend).or_default() += 1;
+        }
+        let keep = self
+            .settle
+            .iter()
+            .map(|job| {
+                let affinity = job.meta.flags & VIP_F_AFFINITY != 0;
+                let mine = all.iter().filter(|(k, v)| k.vip_id == job.id && recent(v));
+                mine.map(|(k, v)| (slot_of(self.hash_seed, self.table_size, &job.vip, affinity, k), v.backend))
+                    .collect()
+            })
+            .collect();
+        Ok((live, keep))
+    }
+}
+
+pub(super) fn census(dp: &XdpDataplane, idle: Duration) -> FlowCensus {
     let draining: Vec<(Vip, IpAddr, u32)> = dp
         .vips
         .iter()
@@ -38,41 +107,66 @@ pub(super) fn maintain(dp: &mut XdpDataplane, idle: Duration) -> Result<Maintena
         })
         .collect();
     let now = Instant::now();
-    let settle: Vec<Vip> = dp
+    let settle: Vec<SettleJob> = dp
         .vips
         .iter()
-        .filter(|(_, s)| s.in_transition && now.duration_since(s.table_changed_at) >= idle)
-        .map(|(v, _)| *v)
+        .filter(|(_, s)| s.live && s.in_transition && now.duration_since(s.table_changed_at) >= idle)
+        .map(|(vip, s)| SettleJob { vip: *vip, id: s.id, meta: s.meta, changed_at: s.table_changed_at })
         .collect();
-    let mut m = Maintenance::default();
-    if draining.is_empty() && settle.is_empty() {
-        return Ok(m);
-    }
-    let flows = read_flows(dp)?;
-    let now_ns = monotonic_coarse_ns();
     let idle_ns = idle.as_nanos() as u64;
-    let recent = |v: &FlowValue| now_ns.saturating_sub(v.last_seen_ns) <= idle_ns;
+    let (hash_seed, table_size) = (dp.opts.hash_seed, dp.opts.table_size);
+    let mut job = FlowCensus { maps: None, idle_ns, draining, settle, hash_seed, table_size };
+    if job.draining.is_empty() && job.settle.is_empty() {
+        return job;
+    }
+    match readers(dp) {
+        Ok(maps) => job.maps = Some(maps),
+        Err(e) => tracing::warn!(error = %e, "opening the flow tables for a census"),
+    }
+    job
+}
 
-    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, v) in flows.iter().filter(|(_, v)| recent(v) && v.flags & FLOW_F_CLOSING == 0) {
-        *live.entry(v.backend).or_default() += 1;
+/// Duplicated handles on the flow tables, for the worker thread.
+fn readers(dp: &XdpDataplane) -> Result<(HashMap<MapData, FlowKey, FlowValue>, NewPins), XdpError> {
+    let read = |map, e: std::io::Error| XdpError::Read { map, source: MapError::IoError(e) };
+    let fd = dp.maps.flows.map().fd().as_fd().try_clone_to_owned().map_err(|e| read("FLOWS", e))?;
+    let data = MapData::from_fd(fd).map_err(|source| XdpError::Read { map: "FLOWS", source })?;
+    let flows = HashMap::try_from(Map::LruHashMap(data)).map_err(|source| XdpError::Read { map: "FLOWS", source })?;
+    let new = dp.maps.flows_new.try_clone().map_err(|e| read("FLOWS_NEW", e))?;
+    Ok((flows, new))
+}
+
+/// Takes a census: live flows of draining backends, and settles the transition slots
+/// that no live flow needs (for a VIP whose table did not change since the census).
+pub(super) fn maintain(dp: &mut XdpDataplane, found: FlowsFound) -> Result<Maintenance, XdpError> {
+    let FlowsFound { census, result } = found;
+    let (live, keep) = result?;
+    let mut m = Maintenance::default();
+    for (vip, addr, id) in &census.draining {
+        let still = dp.vips.get(vip).and_then(|s| s.backends.get(addr)).is_some_and(|b| b.id == *id);
+        if still {
+            m.live_flows.insert((*vip, *addr), live.get(id).copied().unwrap_or(0));
+        }
     }
-    for (vip, addr, id) in draining {
-        m.live_flows.insert((vip, addr), live.get(&id).copied().unwrap_or(0));
-    }
-    for vip in settle {
-        m.settled_slots += settle_vip(dp, vip, flows.iter().filter(|(_, v)| recent(v)))?;
+    for (job, keep) in census.settle.iter().zip(keep) {
+        let current = dp.vips.get(&job.vip).is_some_and(|s| s.id == job.id && s.table_changed_at == job.changed_at);
+        if current {
+            m.settled_slots += settle_vip(dp, job.vip, &keep)?;
+        }
     }
     Ok(m)
 }
 
 /// Every pin, confirmed (`FLOWS`) or not yet (`FLOWS_NEW`); a key in both counts once,
 /// as its confirmed entry.
-fn read_flows(dp: &XdpDataplane) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
+fn read_flows(
+    flows: &HashMap<MapData, FlowKey, FlowValue>,
+    new: &NewPins,
+) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
     let mut out: std::collections::HashMap<FlowKey, FlowValue> = std::collections::HashMap::new();
-    let new = dp.maps.flows_new.all().map_err(|e| XdpError::Read { map: "FLOWS_NEW", source: MapError::IoError(e) })?;
-    out.extend(new);
-    for entry in dp.maps.flows.iter() {
+    let pins = new.all().map_err(|e| XdpError::Read { map: "FLOWS_NEW", source: MapError::IoError(e) })?;
+    out.extend(pins);
+    for entry in flows.iter() {
         let (k, v) = entry.map_err(|source| XdpError::Read { map: "FLOWS", source })?;
         out.insert(k, v);
     }
@@ -80,31 +174,24 @@ fn read_flows(dp: &XdpDataplane) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> 
 }
 
 /// The slot a pinned flow of `vip` hashes to.
-fn slot_of(dp: &XdpDataplane, vip: &Vip, affinity: bool, key: &FlowKey) -> u32 {
+fn slot_of(seed: u32, table_size: u32, vip: &Vip, affinity: bool, key: &FlowKey) -> u32 {
     let src = addr_from_bytes(family(vip.addr), &key.src_addr);
     let ports = hash::vip_ports_word(affinity, key.src_port_be, vip.port.to_be());
     let (s, d) = (hash::addr_words(&addr_bytes(src)), hash::addr_words(&addr_bytes(vip.addr)));
-    let h = hash::flow_hash_words(family(vip.addr), &s, &d, ports, vip.proto.number(), dp.opts.hash_seed);
-    maglev::slot_of(h, dp.opts.table_size)
+    let h = hash::flow_hash_words(family(vip.addr), &s, &d, ports, vip.proto.number(), seed);
+    maglev::slot_of(h, table_size)
 }
 
 /// Makes every transition slot of `vip` stable unless a live flow pinned in it goes to
 /// another backend than the slot's. Returns how many slots were settled.
-fn settle_vip<'a>(
-    dp: &mut XdpDataplane,
-    vip: Vip,
-    flows: impl Iterator<Item = &'a (FlowKey, FlowValue)>,
-) -> Result<usize, XdpError> {
+fn settle_vip(dp: &mut XdpDataplane, vip: Vip, flows: &[(u32, u32)]) -> Result<usize, XdpError> {
     let state = &dp.vips[&vip];
     let (id, meta) = (state.id, state.meta);
-    let affinity = meta.flags & VIP_F_AFFINITY != 0;
     let live = dp.maps.tables.read(id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
     let keep: BTreeSet<u32> = flows
-        .filter(|(k, _)| k.vip_id == id)
-        .filter_map(|(k, v)| {
-            let slot = slot_of(dp, &vip, affinity, k);
-            (live[slot as usize].backend != v.backend).then_some(slot)
-        })
+        .iter()
+        .filter(|(slot, backend)| live.get(*slot as usize).is_some_and(|e| e.backend != *backend))
+        .map(|(slot, _)| *slot)
         .collect();
     let mut settled = 0;
     let next: Vec<TableEntry> = live
