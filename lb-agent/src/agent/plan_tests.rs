@@ -82,8 +82,8 @@ impl Loop {
 
     fn maintain(&mut self) {
         use crate::dataplane::Census;
-        let found = self.dp.census(Duration::from_secs(30)).run();
-        self.live = self.dp.maintain(found).unwrap().live_flows;
+        self.dp.census(Duration::from_secs(30)).run();
+        self.live = self.dp.maintain(()).unwrap().live_flows;
     }
 }
 

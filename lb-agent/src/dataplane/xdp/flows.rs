@@ -50,11 +50,14 @@ pub struct FlowCensus {
     table_size: u32,
 }
 
+/// Live flows per backend id, and per VIP to settle the (slot, backend) of its live flows.
+type Walk = (BTreeMap<u32, u64>, Vec<Vec<(u32, u32)>>);
+
 /// What the walk found: live flows per backend id, and per VIP to settle the (slot,
 /// backend) of each of its live flows.
 pub struct FlowsFound {
     census: FlowCensus,
-    result: Result<(BTreeMap<u32, u64>, Vec<Vec<(u32, u32)>>), XdpError>,
+    result: Result<Walk, XdpError>,
 }
 
 impl Census for FlowCensus {
@@ -73,7 +76,7 @@ impl FlowCensus {
         &self,
         flows: &HashMap<MapData, FlowKey, FlowValue>,
         new: &NewPins,
-    ) -> Result<(BTreeMap<u32, u64>, Vec<Vec<(u32, u32)>>), XdpError> {
+    ) -> Result<Walk, XdpError> {
         let all = read_flows(flows, new)?;
         let now_ns = monotonic_coarse_ns();
         let recent = |v: &FlowValue| now_ns.saturating_sub(v.last_seen_ns) <= self.idle_ns;
