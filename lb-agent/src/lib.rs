@@ -21,3 +21,4 @@ pub mod pins;
 pub mod ramp;
 pub mod stats;
 pub mod tables;
+pub mod view;

@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::agent::view::{AgentView, SharedView};
 use crate::inspect::{inspect, Inspection};
 use crate::loader::Maps;
+use crate::view::{unix_ms, AgentView, SharedView};
 
 /// Flows silent for longer do not count as live in `/metrics`.
 const FLOW_IDLE: Duration = Duration::from_secs(120);
@@ -63,7 +63,7 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
 fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'static str, String) {
     let v = view.lock().expect("view lock").clone();
     match path {
-        "/healthz" => match v.health(crate::agent::unix_ms()) {
+        "/healthz" => match v.health(unix_ms()) {
             Ok(()) => ("200 OK", "ok\n".into()),
             Err(why) => ("503 Service Unavailable", format!("unhealthy: {why}\n")),
         },

@@ -382,7 +382,7 @@ fn metrics_endpoint_serves_health_readiness_and_counters() {
 
 #[test]
 fn health_fails_when_the_loop_stops_turning() {
-    use lb_agent::agent::view::{AgentView, STUCK_AFTER_MS};
+    use lb_agent::view::{AgentView, STUCK_AFTER_MS};
     let v = AgentView { ready: true, heartbeat_ms: 1_000_000, ..Default::default() };
     assert!(v.health(1_000_000 + STUCK_AFTER_MS).is_ok());
     assert!(v.health(1_000_001 + STUCK_AFTER_MS).unwrap_err().contains("not turned"));

@@ -12,7 +12,6 @@ mod plan;
 mod reload;
 mod serve;
 mod source;
-pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -31,10 +30,10 @@ use crate::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
 use crate::model::Desired;
 use crate::netlink::{self, Link, Netlink, NetlinkError};
 use crate::ramp::{DrainPolicy, RampPolicy};
+use crate::view::SharedView;
 use host::Host;
 use serve::Agent;
 use source::Source;
-use view::SharedView;
 
 /// Everything `run` needs.
 pub struct RunOptions {
@@ -110,10 +109,6 @@ fn check_host(link: &Link, desired: &Desired) -> Result<(), FieldError> {
         }
     }
     Ok(())
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn mtime(path: &Option<PathBuf>) -> Option<SystemTime> {

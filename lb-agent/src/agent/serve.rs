@@ -14,12 +14,12 @@ use super::failures::Failures;
 use super::host::{Host, Users};
 use super::plan::{self, Inputs};
 use super::source::{self, Outcome, Source};
-use super::view::{DrainView, SharedView};
-use super::{mtime, unix_ms, AgentError, RunOptions, MAINTAIN_EVERY, TICK};
+use super::{mtime, AgentError, RunOptions, MAINTAIN_EVERY, TICK};
 use crate::dataplane::xdp::AdoptedBackend;
 use crate::dataplane::{ApplyReport, Census, Dataplane, Snapshot, VipFailure};
 use crate::model::{Desired, Vip};
 use crate::ramp::{Ramp, Record};
+use crate::view::{unix_ms, DrainView, SharedView};
 
 /// What the next sync must bring up to date.
 #[derive(Default)]

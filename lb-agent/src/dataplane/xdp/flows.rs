@@ -72,11 +72,7 @@ impl Census for FlowCensus {
 }
 
 impl FlowCensus {
-    fn walk(
-        &self,
-        flows: &HashMap<MapData, FlowKey, FlowValue>,
-        new: &NewPins,
-    ) -> Result<Walk, XdpError> {
+    fn walk(&self, flows: &HashMap<MapData, FlowKey, FlowValue>, new: &NewPins) -> Result<Walk, XdpError> {
         let all = read_flows(flows, new)?;
         let now_ns = monotonic_coarse_ns();
         let recent = |v: &FlowValue| now_ns.saturating_sub(v.last_seen_ns) <= self.idle_ns;

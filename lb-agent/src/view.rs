@@ -64,3 +64,8 @@ pub struct DrainView {
 }
 
 pub type SharedView = Arc<Mutex<AgentView>>;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
