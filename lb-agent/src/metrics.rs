@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Write as _;
+
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::inspect::{inspect, Inspection};
@@ -29,16 +31,12 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
                 let Some(head) = read_head(&mut conn).await else { return };
                 let request = String::from_utf8_lossy(&head);
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                // Reading the maps (the flow table at /metrics) takes a worker thread,
-                // never the runtime thread the agent's loop runs on.
-                let answer = tokio::task::spawn_blocking(move || respond(&path, &pin_dir, &view)).await;
-                let Ok((status, body)) = answer else { return };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(body.as_bytes()).await;
+                // The maps are read (the flow table at /metrics) and the page written on
+                // a worker thread, never on the runtime thread the agent's loop runs on;
+                // the page is streamed, so its size (about 700 bytes per backend) is
+                // never held in memory at once.
+                let Ok(conn) = conn.into_std().and_then(|c| c.set_nonblocking(false).map(|()| c)) else { return };
+                let _ = tokio::task::spawn_blocking(move || answer(conn, &path, &pin_dir, &view)).await;
             });
         }
     });
@@ -60,7 +58,32 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
-fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'static str, String) {
+/// Answers one request on a blocking socket; the body ends with the connection.
+fn answer(conn: std::net::TcpStream, path: &str, pin_dir: &std::path::Path, view: &SharedView) -> std::io::Result<()> {
+    // A scraper that stops reading does not hold a worker thread for long.
+    conn.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, conn);
+    let head = |status: &str| {
+        format!("HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\nconnection: close\r\n\r\n")
+    };
+    if path == "/metrics" {
+        let v = view.lock().expect("view lock").clone();
+        let maps = Maps::from_pinned(pin_dir).map_err(|e| e.to_string());
+        match maps.and_then(|(m, meta)| inspect(&m, &meta, FLOW_IDLE).map_err(|e| e.to_string())) {
+            Ok(i) => {
+                out.write_all(head("200 OK").as_bytes())?;
+                render_to(&i, &v, &mut out)?;
+            }
+            Err(e) => writeln!(out, "{}reading the maps: {e}", head("500 Internal Server Error"))?,
+        }
+    } else {
+        let (status, body) = respond(path, view);
+        write!(out, "{}{body}", head(status))?;
+    }
+    std::io::Write::flush(&mut out)
+}
+
+fn respond(path: &str, view: &SharedView) -> (&'static str, String) {
     let v = view.lock().expect("view lock").clone();
     match path {
         "/healthz" => match v.health(unix_ms()) {
@@ -71,28 +94,53 @@ fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'stati
             Ok(()) => ("200 OK", "ready\n".into()),
             Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
         },
-        "/metrics" => {
-            let maps = Maps::from_pinned(pin_dir).map_err(|e| e.to_string());
-            let insp = maps.and_then(|(m, meta)| inspect(&m, &meta, FLOW_IDLE).map_err(|e| e.to_string()));
-            match insp {
-                Ok(i) => ("200 OK", render(&i, &v)),
-                Err(e) => ("500 Internal Server Error", format!("reading the maps: {e}\n")),
-            }
-        }
         _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".into()),
     }
 }
 
-fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+fn help(out: &mut impl std::fmt::Write, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
 
 /// A per-backend series: name, type, help text, value.
 type Series = (&'static str, &'static str, &'static str, fn(&crate::inspect::BackendInfo) -> u64);
 
+/// Text written through in 64 KiB pieces (the first write error is kept).
+struct Sink<'a, W: std::io::Write> {
+    buf: String,
+    out: &'a mut W,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::fmt::Write for Sink<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush();
+        }
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> Sink<'_, W> {
+    fn flush(&mut self) {
+        if self.error.is_none() {
+            self.error = self.out.write_all(self.buf.as_bytes()).err();
+        }
+        self.buf.clear();
+    }
+}
+
 /// The Prometheus text exposition of an inspection and the agent's view.
 pub fn render(i: &Inspection, v: &AgentView) -> String {
-    let mut o = String::new();
+    let mut page = Vec::new();
+    render_to(i, v, &mut page).expect("writing to memory");
+    String::from_utf8(page).expect("UTF-8")
+}
+
+/// The same, written to `out` as it is made.
+pub fn render_to(i: &Inspection, v: &AgentView, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut o = Sink { buf: String::with_capacity(64 * 1024), out, error: None };
     help(&mut o, "lb_vip_packets_total", "counter", "Packets forwarded for a VIP.");
     for x in &i.vips {
         let _ = writeln!(o, "lb_vip_packets_total{{vip=\"{}\"}} {}", x.vip, x.traffic.packets);
@@ -161,5 +209,6 @@ pub fn render(i: &Inspection, v: &AgentView) -> String {
     let _ = writeln!(o, "lb_vips_not_applied{{cause=\"refused\"}} {}", v.vip_failures - v.vip_capacity_failures);
     help(&mut o, "lb_ready", "gauge", "1 after the first successful sync.");
     let _ = writeln!(o, "lb_ready {}", v.ready as u8);
-    o
+    o.flush();
+    o.error.map_or(Ok(()), Err)
 }

@@ -29,6 +29,8 @@ mod report;
 mod scale;
 #[path = "lb-bench/scale_report.rs"]
 mod scale_report;
+#[path = "lb-bench/scrape.rs"]
+mod scrape;
 #[path = "lb-bench/section.rs"]
 mod section;
 #[path = "lb-bench/stats.rs"]
