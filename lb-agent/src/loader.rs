@@ -305,28 +305,7 @@ impl Loaded {
     /// one, the new program replaces the old one in it atomically (traffic never stops);
     /// otherwise a new link is created and pinned, so it outlives this process.
     pub fn attach_pinned(&mut self, iface: &str, mode: XdpModeChoice, pin_dir: &Path) -> Result<Attachment, LoadError> {
-        let path = link_path(pin_dir);
-        if path.exists() {
-            match PinnedLink::from_pin(&path) {
-                Ok(pinned) => {
-                    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
-                    xdp_mut(&mut self.ebpf, PROG_LB)?
-                        .attach_to_link(link)
-                        .map_err(|source| LoadError::Program { name: PROG_LB, source })?;
-                    return Ok(Attachment::Replaced);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "pinned XDP link unusable; attaching anew");
-                    std::fs::remove_file(&path).map_err(|source| LoadError::PinDir { path: path.clone(), source })?;
-                }
-            }
-        }
-        let (mode, id) = attach_program(&mut self.ebpf, PROG_LB, iface, mode)?;
-        let prog = xdp_mut(&mut self.ebpf, PROG_LB)?;
-        let link = prog.take_link(id).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
-        let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
-        fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
-        Ok(Attachment::New(mode))
+        attach_pinned(&mut self.ebpf, iface, mode, pin_dir)
     }
 
     /// Attaches the balancer to `iface` for the life of this process (no pin). `Auto`
@@ -334,6 +313,39 @@ impl Loaded {
     pub fn attach(&mut self, iface: &str, mode: XdpModeChoice) -> Result<XdpMode, LoadError> {
         attach_program(&mut self.ebpf, PROG_LB, iface, mode).map(|(m, _)| m)
     }
+}
+
+/// Attaches the balancer to `iface` through a pinned link: if an earlier agent left
+/// one, the new program replaces the old one in it atomically (traffic never stops);
+/// otherwise a new link is created and pinned, so it outlives this process.
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeChoice,
+    pin_dir: &Path,
+) -> Result<Attachment, LoadError> {
+    let path = link_path(pin_dir);
+    if path.exists() {
+        match PinnedLink::from_pin(&path) {
+            Ok(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
+                xdp_mut(ebpf, PROG_LB)?
+                    .attach_to_link(link)
+                    .map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+                return Ok(Attachment::Replaced);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "pinned XDP link unusable; attaching anew");
+                std::fs::remove_file(&path).map_err(|source| LoadError::PinDir { path: path.clone(), source })?;
+            }
+        }
+    }
+    let (mode, id) = attach_program(&mut *ebpf, PROG_LB, iface, mode)?;
+    let prog = xdp_mut(ebpf, PROG_LB)?;
+    let link = prog.take_link(id).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+    let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
+    fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
+    Ok(Attachment::New(mode))
 }
 
 /// Attaches one of the object's programs to `iface`.

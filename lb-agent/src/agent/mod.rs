@@ -23,7 +23,7 @@ use tracing::{info, warn};
 pub use cleanup::cleanup;
 
 use crate::config::{Config, FieldError, Problem, RawVip};
-use crate::dataplane::xdp::XdpDataplane;
+use crate::dataplane::xdp::{carry, XdpDataplane};
 use crate::k8s::report;
 use crate::k8s::watch::{KubeSource, WatchOptions};
 use crate::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
@@ -127,27 +127,23 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     check_host(&link, &opts.config.desired)?;
     let load = LoadOptions { lb_mac: link.mac, ..opts.load.clone() };
     let pin_dir = opts.pin_root.join(&iface);
-    let (mut loaded, origin) = loader::load_pinned(&load, &pin_dir)?;
-    let attachment = loaded.attach_pinned(&iface, opts.config.xdp_mode, &pin_dir)?;
-    remove_stale_map_dirs(&pin_dir);
-    match (&attachment, &origin) {
-        (Attachment::New(mode), _) => {
-            info!(iface, ?mode, pins = %pin_dir.display(), "XDP program attached (link pinned)")
-        }
-        (Attachment::Replaced, _) => {
-            info!(iface, pins = %pin_dir.display(), "new XDP program swapped into the pinned link")
-        }
-    }
-    let loader::Loaded { ebpf, maps, logger, .. } = loaded;
+    // Maps written with other settings are read before their pins are replaced: their
+    // ramps and flow pins are carried over into the new maps.
+    let previous = carry::previous(&pin_dir, &load);
+    let (loaded, origin) = loader::load_pinned(&load, &pin_dir)?;
+    let loader::Loaded { mut ebpf, maps, logger, .. } = loaded;
     if let Some(logger) = logger {
         crate::kernel_log::spawn(logger);
     }
-    let (dp, adopted) = match &origin {
-        MapsOrigin::Adopted => XdpDataplane::adopt(maps, &load).map_err(|e| AgentError::Dataplane(Box::new(e)))?,
-        MapsOrigin::Fresh => (XdpDataplane::new(maps, &load), vec![]),
-        MapsOrigin::Replaced { found } => {
+    let mut old_dp = None;
+    let (dp, adopted) = match (&origin, previous) {
+        (MapsOrigin::Adopted, _) => XdpDataplane::adopt(maps, &load).map_err(|e| AgentError::Dataplane(Box::new(e)))?,
+        (MapsOrigin::Fresh, _) => (XdpDataplane::new(maps, &load), vec![]),
+        (MapsOrigin::Replaced { found }, previous) => {
             warn!(?found, wanted = ?load.meta(), "pinned maps were written with other settings or ABI: replaced");
-            (XdpDataplane::new(maps, &load), vec![])
+            let (old, adopted) = previous.map_or((None, vec![]), |(old, a)| (Some(old), a));
+            old_dp = old;
+            (XdpDataplane::new(maps, &load), adopted)
         }
     };
     info!(
@@ -163,17 +159,12 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             .map_err(|source| AgentError::Metrics { addr, source })?;
         info!(%addr, "metrics endpoint listening");
     }
-    let mode = match attachment {
-        Attachment::New(m) => {
-            format!("XDP {} on {iface}", if m == aya::programs::XdpMode::Skb { "generic" } else { "native" })
-        }
-        Attachment::Replaced => format!("XDP on {iface} (pinned link)"),
-    };
     let source = match &opts.kube {
         None => Source::Static,
-        Some(k) => kube_source(k, &mode).await?,
+        Some(k) => kube_source(k, &format!("XDP on {iface}")).await?,
     };
     let macs = host::spawn_mac_reader(link.index, READ_MACS_EVERY);
+    let mode = format!("XDP on {iface}");
     let mut agent = Agent::new(source, mode, Host::new(nl, link), dp, opts.config.desired.clone(), view, macs);
     agent.config_mtime = mtime(&opts.config_path);
     agent.take_over(&adopted);
@@ -187,6 +178,29 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         let rss_mib = crate::mem::rss_mib();
         info!(vips = agent.desired.vips.len(), rss_mib, "caches ready");
     }
+    // The maps are filled before the program that reads them takes over the link: a
+    // restart (even with other settings) never runs a program on empty maps.
+    agent.sync_pending(&opts).await?;
+    if let Some(old) = &old_dp {
+        match agent.dp.carry_pins_from(old) {
+            Ok(n) => info!(pins = n, "flow pins carried over from the replaced maps"),
+            Err(e) => warn!(error = %e, "carrying flow pins over from the replaced maps"),
+        }
+    }
+    let attachment = loader::attach_pinned(&mut ebpf, &iface, opts.config.xdp_mode, &pin_dir)?;
+    drop(old_dp);
+    remove_stale_map_dirs(&pin_dir);
+    agent.mode = match attachment {
+        Attachment::New(m) => {
+            let kind = if m == aya::programs::XdpMode::Skb { "generic" } else { "native" };
+            info!(iface, ?m, pins = %pin_dir.display(), "XDP program attached (link pinned)");
+            format!("XDP {kind} on {iface}")
+        }
+        Attachment::Replaced => {
+            info!(iface, pins = %pin_dir.display(), "new XDP program swapped into the pinned link");
+            format!("XDP on {iface} (pinned link)")
+        }
+    };
     let result = agent.serve(&opts).await;
     // The program stays attached through its pinned link; dropping our handles is all.
     drop(ebpf);

@@ -38,9 +38,9 @@ impl Pending {
 pub struct Agent<D: Dataplane> {
     pub source: Source,
     /// How the data plane runs, for status messages.
-    mode: String,
+    pub mode: String,
     pub host: Host,
-    dp: D,
+    pub dp: D,
     pub desired: Desired,
     ramp: Ramp,
     live: BTreeMap<(Vip, IpAddr), u64>,
@@ -212,7 +212,7 @@ impl<D: Dataplane> Agent<D> {
     /// Brings what is pending up to date, records the outcome and tells the source.
     /// A sync that fails as a whole (not one VIP) is retried in full on the next tick;
     /// only a lost data plane is fatal.
-    async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
+    pub async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
         if self.pending.is_empty() {
             // A Service can change without touching a VIP (a new problem): report it.
             self.report(None, &BTreeSet::new(), &plan::Plan::default(), &[]);

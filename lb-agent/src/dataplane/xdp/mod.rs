@@ -9,6 +9,7 @@
 mod addrs;
 mod adopt;
 mod apply;
+pub mod carry;
 mod flows;
 mod ids;
 
