@@ -92,6 +92,8 @@ pub enum Problem {
     WithKubernetes,
     #[error("no interface of that name")]
     NoSuchInterface,
+    #[error("{0}")]
+    InterfaceName(&'static str),
     #[error("is not on a subnet of interface {iface} (direct server return needs backends on the same L2 segment)")]
     OffLink { iface: String },
 }

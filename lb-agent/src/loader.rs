@@ -54,7 +54,7 @@ pub fn read_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
     if !path.exists() {
         return Ok(None);
     }
-    let map = MapData::from_pin(&path).map_err(|source| LoadError::Map { name: MAP_META, source })?;
+    let map = crate::pins::open_read_only(&path).map_err(|source| LoadError::Map { name: MAP_META, source })?;
     let meta: Array<MapData, Meta> =
         Map::Array(map).try_into().map_err(|source| LoadError::Map { name: MAP_META, source })?;
     meta.get(&0, 0).map(Some).map_err(|source| LoadError::Map { name: MAP_META, source })
@@ -122,11 +122,19 @@ pub struct Maps {
 }
 
 impl Maps {
-    /// Opens the maps an agent pinned under `pin_dir` (works while no agent runs).
+    /// Opens the maps an agent pinned under `pin_dir` (works while no agent runs) for
+    /// readers (`status`, `explain`, `top`, `/metrics`, `cleanup`), which only look: read-only
+    /// descriptors, on which the kernel refuses every write. `TABLES` and `FLOWS_NEW` are
+    /// the exception: they are read through memory mappings, and the kernel maps a BPF map
+    /// only through a writable descriptor (a read-only file loses `VM_SHARED`, which
+    /// `bpf_map_mmap` requires); they are mapped `PROT_READ`.
     pub fn from_pinned(pin_dir: &Path) -> Result<(Maps, Meta), LoadError> {
         let dir = maps_dir(pin_dir);
         let meta = read_pinned_meta(&dir)?.ok_or(LoadError::MissingMap { name: MAP_META })?;
-        let open =
+        let open = |name: &'static str| {
+            crate::pins::open_read_only(&dir.join(name)).map_err(|source| LoadError::Map { name, source })
+        };
+        let open_for_mmap =
             |name: &'static str| MapData::from_pin(dir.join(name)).map_err(|source| LoadError::Map { name, source });
         macro_rules! typed {
             ($variant:ident, $name:expr) => {
@@ -145,9 +153,9 @@ impl Maps {
         let maps = Maps {
             vips: typed!(HashMap, MAP_VIPS),
             backends: typed!(Array, MAP_BACKENDS),
-            tables: TableMem::map(open(MAP_TABLES)?, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
+            tables: TableMem::map_read_only(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size),
             flows: typed!(LruHashMap, MAP_FLOWS),
-            flows_new: crate::pins::NewPins::new(open(MAP_FLOWS_NEW)?, opts.new_flows()),
+            flows_new: crate::pins::NewPins::new(open_for_mmap(MAP_FLOWS_NEW)?, opts.new_flows()),
             vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),
             vip_filter: typed!(Array, MAP_VIP_FILTER),
             src_ranges: typed!(LpmTrie, MAP_SRC_RANGES),

@@ -1,11 +1,54 @@
+//! Pinned maps as readers see them: opened read-only ([`open_read_only`]), and
 //! `FLOWS_NEW`, the direct-mapped table of first packets, read through a memory mapping
 //! (the map is `BPF_F_MMAPABLE`): one read of every slot is one pass over the mapping,
 //! not a syscall per slot. Mapped only while read, like `TABLES`.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-use aya::maps::MapData;
+use aya::maps::{MapData, MapError};
+use aya::sys::SyscallError;
 use lb_common::{hash, FlowKey, FlowValue, NewPin};
+
+/// `BPF_OBJ_GET`'s command number and its `BPF_F_RDONLY` file flag (uapi/linux/bpf.h).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_F_RDONLY: u32 = 1 << 3;
+
+/// The `BPF_OBJ_GET` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+}
+
+/// Opens a pinned map read-only (`BPF_OBJ_GET` with `BPF_F_RDONLY`): the kernel then
+/// refuses every update and delete through this descriptor and any writable mapping, so
+/// the commands that only look (`status`, `explain`, `top`, `/metrics`, `cleanup`'s
+/// reading) cannot change the data path, whatever a bug in them does. aya's
+/// `MapData::from_pin` always asks for read-write, hence this call.
+pub fn open_read_only(path: &Path) -> Result<MapData, MapError> {
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(|e| SyscallError {
+        call: "BPF_OBJ_GET",
+        io_error: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    let attr = ObjGetAttr { pathname: name.as_ptr() as u64, file_flags: BPF_F_RDONLY, ..Default::default() };
+    // SAFETY: `attr` is a valid BPF_OBJ_GET attribute whose path outlives the call; the
+    // size passed is the struct's.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjGetAttr, std::mem::size_of::<ObjGetAttr>())
+    };
+    if fd < 0 {
+        let io_error = std::io::Error::last_os_error();
+        return Err(SyscallError { call: "BPF_OBJ_GET", io_error }.into());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 pub struct NewPins {
     map: MapData,

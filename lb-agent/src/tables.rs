@@ -17,6 +17,9 @@ pub struct TableMem {
     map: MapData,
     entries: usize,
     table_size: u32,
+    /// Whether windows are mapped writable (not for a read-only descriptor, which the
+    /// kernel refuses to map so).
+    writable: bool,
 }
 
 /// The pages holding one VIP's two halves, mapped for as long as this lives.
@@ -56,7 +59,14 @@ impl Window {
 impl TableMem {
     /// `entries` is the `TABLES` map's size; nothing is mapped yet.
     pub fn map(map: MapData, entries: u32, table_size: u32) -> std::io::Result<Self> {
-        Ok(TableMem { map, entries: entries as usize, table_size })
+        Ok(TableMem { map, entries: entries as usize, table_size, writable: true })
+    }
+
+    /// For readers: windows are mapped `PROT_READ` and [`write_diff`](Self::write_diff)
+    /// is refused. (The descriptor itself must be writable: the kernel maps a BPF map only
+    /// through one.)
+    pub fn map_read_only(map: MapData, entries: u32, table_size: u32) -> Self {
+        TableMem { map, entries: entries as usize, table_size, writable: false }
     }
 
     pub fn table_size(&self) -> u32 {
@@ -87,7 +97,7 @@ impl TableMem {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                if self.writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ },
                 libc::MAP_SHARED,
                 fd,
                 offset as i64,
@@ -111,6 +121,9 @@ impl TableMem {
 
     /// Writes the slots of a half that differ from `want`; returns how many.
     pub fn write_diff(&mut self, vip_id: u32, half: u32, want: &[TableEntry]) -> std::io::Result<usize> {
+        if !self.writable {
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "TABLES is open read-only"));
+        }
         let w = self.window(vip_id)?;
         let mut n = 0;
         for (slot, e) in want.iter().enumerate() {

@@ -35,6 +35,8 @@ pub fn agent_binary() -> Result<PathBuf> {
 
 pub struct Agent {
     child: Child,
+    /// The agent's process id (capsh, when used, execs the agent in place).
+    pub pid: u32,
     pub pin_dir: PathBuf,
     pub pin_root: PathBuf,
     pub log: PathBuf,
@@ -44,15 +46,22 @@ pub struct Agent {
 impl Agent {
     /// Starts `lb-agent --iface eth0 --config <file> <extra>` in the lab's LB namespace.
     pub fn start(lab: &Lab, config_toml: &str, extra: &[&str]) -> Result<Agent> {
-        Self::start_with(lab, Some(config_toml), extra)
+        Self::start_with(lab, Some(config_toml), extra, None)
     }
 
     /// Starts `lb-agent --iface eth0 <extra>` (no config file: e.g. `--kubeconfig`).
     pub fn start_kube(lab: &Lab, extra: &[&str]) -> Result<Agent> {
-        Self::start_with(lab, None, extra)
+        Self::start_with(lab, None, extra, None)
     }
 
-    fn start_with(lab: &Lab, config_toml: Option<&str>, extra: &[&str]) -> Result<Agent> {
+    /// As [`start`](Self::start), with exactly the capabilities `caps` (capsh names such
+    /// as `cap_bpf`) and no_new_privs, as the DaemonSet's container runs the agent
+    /// ([`crate::caps`]).
+    pub fn start_with_caps(lab: &Lab, config_toml: &str, extra: &[&str], caps: &[String]) -> Result<Agent> {
+        Self::start_with(lab, Some(config_toml), extra, Some(caps))
+    }
+
+    fn start_with(lab: &Lab, config_toml: Option<&str>, extra: &[&str], caps: Option<&[String]>) -> Result<Agent> {
         let dir = std::env::temp_dir().join(format!("{}-agent", lab.prefix));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("lb.toml");
@@ -63,14 +72,21 @@ impl Agent {
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
         let log = dir.join(format!("agent-{stamp}.log"));
         let pin_root = lab.pin_root();
-        let mut cmd = command_in(&lab.lb(), &agent_binary()?)?;
+        let mut cmd = match caps {
+            None => command_in(&lab.lb(), &agent_binary()?)?,
+            Some(caps) => {
+                let mut c = command_in(&lab.lb(), Path::new(crate::caps::CAPSH))?;
+                c.args(crate::caps::capsh_args(caps, &agent_binary()?)?);
+                c
+            }
+        };
         cmd.args(["--iface", "eth0", "--pin-root"]).arg(&pin_root).args(extra);
         if config_toml.is_some() {
             cmd.arg("--config").arg(&config);
         }
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).env("LB_LOG", "info");
         let child = cmd.spawn().context("starting lb-agent")?;
-        Ok(Agent { child, pin_dir: pin_root.join("eth0"), pin_root, log, config })
+        Ok(Agent { pid: child.id(), child, pin_dir: pin_root.join("eth0"), pin_root, log, config })
     }
 
     pub fn log_text(&self) -> String {
@@ -109,6 +125,11 @@ impl Agent {
             bail!("kill: {}", std::io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The exit status if the agent has exited.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// SIGKILL: the agent dies without any cleanup.

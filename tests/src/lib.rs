@@ -5,6 +5,7 @@
 //! that file, so the runner can fail a run in which every privileged test skipped.
 
 pub mod agent;
+pub mod caps;
 pub mod frames;
 pub mod fuzz;
 pub mod kube;

@@ -2,6 +2,7 @@
 
 mod bpf;
 mod cmd;
+mod deny;
 #[path = "../../lb-agent/build/ebpf.rs"]
 mod ebpf;
 mod kube_assets;

@@ -2,7 +2,7 @@
 //!
 //! What is installed and why: Debian's `rustc-web` and `rust-web-src` (a compiler with
 //! its library source, for `-Z build-std=core`), LLVM 22 for bpf-linker, bpf-linker 0.13
-//! itself, and the tools the privileged tests call; last, the Kubernetes test binaries
+//! itself, cargo-deny, and the tools the privileged tests call; last, the Kubernetes test binaries
 //! (`cargo xtask kube-assets`).
 
 use std::path::Path;
@@ -33,6 +33,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "iputils-ping",
+    // capsh: the capability test runs the agent with exactly the DaemonSet's capabilities.
+    "libcap2-bin",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -51,6 +53,9 @@ pub fn run() -> Result<()> {
     }
     if bpffs()? {
         did.push("bpffs mount");
+    }
+    if crate::deny::install()? {
+        did.push("cargo-deny");
     }
     check()?;
     // Last: a cold build takes minutes, and it needs nothing installed above.

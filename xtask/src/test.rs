@@ -9,6 +9,8 @@ use crate::{cmd, setup};
 
 pub fn run(root: &Path) -> Result<()> {
     setup::run()?;
+    // Licenses, bans and sources of the dependency tree (deny.toml); no advisories (offline).
+    crate::deny::check(root)?;
 
     // lb-common's tests need its `user` feature, which a workspace run would not select.
     cmd::run(cmd::cargo().current_dir(root).args(["test", "-p", "lb-common", "--features", "user"]))?;

@@ -31,7 +31,11 @@ fn read_host_state(pin_dir: &Path) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
     (vips, backends)
 }
 
+/// Removes `<pin_root>/<iface>` (which detaches the program), then the VIP addresses and
+/// neighbour entries the pinned maps name. The name is checked first: it becomes a path
+/// that is deleted recursively, and `..` would make that the whole pin root's parent.
 pub async fn cleanup(iface: &str, pin_root: &Path) -> Result<(), AgentError> {
+    crate::cli::check_iface_name(iface).map_err(|p| FieldError::new("--iface", iface, Problem::InterfaceName(p)))?;
     let pin_dir = pin_root.join(iface);
     let (vips, backends) = read_host_state(&pin_dir);
     // Unpinning the link detaches the program (no process holds it).
@@ -55,4 +59,28 @@ pub async fn cleanup(iface: &str, pin_root: &Path) -> Result<(), AgentError> {
         nl.forget(link.index, addr).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that would leave the pin root is refused before anything is removed.
+    #[test]
+    fn names_that_leave_the_pin_root_are_refused_and_nothing_is_deleted() {
+        let base = std::env::temp_dir().join(format!("lb-cleanup-test-{}", std::process::id()));
+        let root = base.join("lb");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(base.join("keep"), "x").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for bad in ["..", "a/b", ".", "", "../lb", "eth0 "] {
+            let err = rt.block_on(cleanup(bad, &root)).expect_err(bad);
+            let AgentError::Usage(e) = &err else { panic!("{bad:?}: not a usage error: {err}") };
+            assert_eq!(e.field, "--iface");
+            assert!(err.to_string().contains("is not an interface name"), "{err}");
+        }
+        assert!(base.join("keep").is_file(), "the pin root's parent is untouched");
+        assert!(root.join("a/b").is_dir(), "a/b under the pin root is untouched");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -86,13 +86,21 @@ pub struct PinArgs {
 }
 
 impl PinArgs {
-    /// The interface (required; checked here so that its absence is one clear line).
+    /// The interface (required; checked here so that its absence is one clear line). It
+    /// becomes a path component under `--pin-root`, so it must be a name the kernel could
+    /// give an interface: `..` or `a/b` would point elsewhere.
     pub fn iface(&self) -> Result<&str, CliError> {
-        self.iface.as_deref().filter(|i| !i.is_empty()).ok_or_else(|| CliError::Argument {
+        let name = self.iface.as_deref().filter(|i| !i.is_empty()).ok_or_else(|| CliError::Argument {
             arg: "--iface",
             value: String::new(),
             problem: "is required (or set LB_IFACE)".into(),
-        })
+        })?;
+        check_iface_name(name).map_err(|problem| CliError::Argument {
+            arg: "--iface",
+            value: name.into(),
+            problem: problem.into(),
+        })?;
+        Ok(name)
     }
 
     pub fn pin_dir(&self) -> Result<PathBuf, CliError> {
@@ -120,6 +128,20 @@ impl PinArgs {
     pub fn read_error(&self, source: MapError) -> CliError {
         CliError::Read { path: self.pin_dir().unwrap_or_else(|_| self.pin_root.clone()), source }
     }
+}
+
+/// Whether `name` is one the kernel accepts for an interface (`dev_valid_name`): 1 to 15
+/// bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL. The interface name is joined to
+/// the pin root to make a path that `cleanup` removes, so anything else is refused before
+/// any path is built.
+pub fn check_iface_name(name: &str) -> Result<(), &'static str> {
+    const RULE: &str = "is not an interface name (1 to 15 bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL)";
+    // The kernel's isspace(): ASCII whitespace, vertical tab, and Latin-1's 0xa0.
+    let bad_byte = |b: &u8| matches!(b, b'/' | b':' | b'\0' | 0x0b | 0xa0) || b.is_ascii_whitespace();
+    if name.is_empty() || name.len() > 15 || name == "." || name == ".." || name.bytes().any(|b| bad_byte(&b)) {
+        return Err(RULE);
+    }
+    Ok(())
 }
 
 /// Value parser: a duration above zero (`500ms`, `10s`, `5m`, `3h`).
@@ -191,5 +213,19 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/lb/nosuch0"), "{e}");
         let e = PinArgs { iface: None, ..args }.open().err().expect("no interface");
         assert_eq!(e.to_string(), "--iface \"\": is required (or set LB_IFACE)");
+    }
+
+    #[test]
+    fn interface_names_are_what_the_kernel_accepts() {
+        for good in ["eth0", "lo", "a", "veth-lb.100", "exactly15bytes_", "é"] {
+            assert_eq!(check_iface_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "/", "eth0:1", "a b", "tab\t", "nl\n", "nul\0", "sixteen_bytes_xx"] {
+            assert!(check_iface_name(bad).is_err(), "{bad:?} accepted");
+        }
+        let args = PinArgs { iface: Some("..".into()), pin_root: "/nonexistent/lb".into() };
+        let e = args.open().err().expect("`..` refused");
+        assert!(e.is_usage());
+        assert!(e.to_string().starts_with("--iface \"..\": is not an interface name"), "{e}");
     }
 }
