@@ -129,10 +129,22 @@ impl Maps {
     /// only through a writable descriptor (a read-only file loses `VM_SHARED`, which
     /// `bpf_map_mmap` requires); they are mapped `PROT_READ`.
     pub fn from_pinned(pin_dir: &Path) -> Result<(Maps, Meta), LoadError> {
+        Self::open_pinned(pin_dir, false)
+    }
+
+    /// The same, writable: for an agent taking over maps it is about to replace (it
+    /// reads them as a data plane, which keeps its address book in them).
+    pub fn from_pinned_writable(pin_dir: &Path) -> Result<(Maps, Meta), LoadError> {
+        Self::open_pinned(pin_dir, true)
+    }
+
+    fn open_pinned(pin_dir: &Path, writable: bool) -> Result<(Maps, Meta), LoadError> {
         let dir = maps_dir(pin_dir);
         let meta = read_pinned_meta(&dir)?.ok_or(LoadError::MissingMap { name: MAP_META })?;
         let open = |name: &'static str| {
-            crate::pins::open_read_only(&dir.join(name)).map_err(|source| LoadError::Map { name, source })
+            let path = dir.join(name);
+            let map = if writable { MapData::from_pin(&path) } else { crate::pins::open_read_only(&path) };
+            map.map_err(|source| LoadError::Map { name, source })
         };
         let open_for_mmap =
             |name: &'static str| MapData::from_pin(dir.join(name)).map_err(|source| LoadError::Map { name, source });
@@ -153,7 +165,12 @@ impl Maps {
         let maps = Maps {
             vips: typed!(HashMap, MAP_VIPS),
             backends: typed!(Array, MAP_BACKENDS),
-            tables: TableMem::map_read_only(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size),
+            tables: if writable {
+                TableMem::map(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size)
+                    .map_err(LoadError::Mmap)?
+            } else {
+                TableMem::map_read_only(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size)
+            },
             flows: typed!(LruHashMap, MAP_FLOWS),
             flows_new: crate::pins::NewPins::new(open_for_mmap(MAP_FLOWS_NEW)?, opts.new_flows()),
             vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),

@@ -17,7 +17,7 @@ use crate::model::Vip;
 /// settings than `wanted` (same ABI): read before its pins are replaced, so its flow
 /// pins and ramp state can be carried over.
 pub fn previous(pin_dir: &Path, wanted: &LoadOptions) -> Option<(XdpDataplane, Vec<AdoptedBackend>)> {
-    let (maps, meta) = Maps::from_pinned(pin_dir).ok()?;
+    let (maps, meta) = Maps::from_pinned_writable(pin_dir).ok()?;
     if meta == wanted.meta() {
         return None;
     }
