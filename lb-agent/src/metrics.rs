@@ -15,11 +15,9 @@ use crate::agent::view::{AgentView, SharedView};
 use crate::inspect::{inspect, Inspection};
 use crate::loader::Maps;
 
-/// Flows silent for longer do not count as live in `/metrics`.
-const FLOW_IDLE: Duration = Duration::from_secs(120);
-
-/// Binds `addr` and serves in the background.
-pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std::io::Result<()> {
+/// Binds `addr` and serves in the background. `flow_idle` (`--flow-idle-timeout`): flows
+/// silent for longer do not count as live, as in the data path and `lb-agent status`.
+pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView, flow_idle: Duration) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
@@ -29,7 +27,7 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
                 let Some(head) = read_head(&mut conn).await else { return };
                 let request = String::from_utf8_lossy(&head);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = respond(path, &pin_dir, &view);
+                let (status, body) = respond(path, &pin_dir, &view, flow_idle);
                 let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
@@ -57,7 +55,7 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
-fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'static str, String) {
+fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView, flow_idle: Duration) -> (&'static str, String) {
     let v = view.lock().expect("view lock").clone();
     match path {
         "/healthz" => ("200 OK", "ok\n".into()),
@@ -65,7 +63,7 @@ fn respond(path: &str, pin_dir: &std::path::Path, view: &SharedView) -> (&'stati
         "/readyz" => ("503 Service Unavailable", "not ready: no successful sync yet\n".into()),
         "/metrics" => {
             let maps = Maps::from_pinned(pin_dir).map_err(|e| e.to_string());
-            let insp = maps.and_then(|(m, meta)| inspect(&m, &meta, FLOW_IDLE).map_err(|e| e.to_string()));
+            let insp = maps.and_then(|(m, meta)| inspect(&m, &meta, flow_idle).map_err(|e| e.to_string()));
             match insp {
                 Ok(i) => ("200 OK", render(&i, &v)),
                 Err(e) => ("500 Internal Server Error", format!("reading the maps: {e}\n")),
