@@ -205,17 +205,26 @@ pub async fn condition(services: &Api<Service>, name: &str) -> Result<serde_json
     Ok(list.into_iter().find(|c| c["type"] == "lb-agent.io/Programmed-lbtest").unwrap_or_default())
 }
 
-/// Compacts etcd's whole history up to now (through its JSON gateway, with `curl`: the
-/// kube assets have no etcdctl), so no resourceVersion a watch held stays valid: a resume
-/// gets 410 Gone and must relist. Returns the revision compacted to.
+/// Compacts etcd's whole history up to now (through its JSON gateway: the kube assets
+/// have no etcdctl), so no resourceVersion a watch held stays valid: a resume gets 410
+/// Gone and must relist. Returns the revision compacted to.
 pub fn compact_etcd(etcd_url: &str) -> Result<u64> {
+    let host = etcd_url.strip_prefix("http://").context("etcd URL is plain http")?.to_string();
     let post = |path: &str, body: &str| -> Result<serde_json::Value> {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--fail", "-X", "POST", "-d", body, &format!("{etcd_url}{path}")])
-            .output()
-            .context("running curl (needed to compact etcd)")?;
-        ensure!(out.status.success(), "etcd {path}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(serde_json::from_slice(&out.stdout)?)
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&host).with_context(|| format!("connecting to etcd at {host}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        c.write_all(format!("{head}{body}").as_bytes())?;
+        let mut text = String::new();
+        c.read_to_string(&mut text)?;
+        let (status, rest) = text.split_once("\r\n").context("etcd's status line")?;
+        ensure!(status.contains(" 200 "), "etcd {path}: {status}: {rest}");
+        let body = rest.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).with_context(|| format!("etcd {path} answered {body:?}"))
     };
     // Any key: the answer's header carries the current revision. "/" is "Lw==".
     let range = post("/v3/kv/range", r#"{"key":"Lw==","limit":1}"#)?;
