@@ -24,6 +24,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_LB: &str = "lb_xdp";
 pub const PROG_PASS: &str = "xdp_pass";
 
+mod link;
 mod options;
 pub use options::LoadOptions;
 
@@ -327,8 +328,10 @@ pub enum Attachment {
 
 impl Loaded {
     /// Attaches the balancer to `iface` through a pinned link: if an earlier agent left
-    /// one, the new program replaces the old one in it atomically (traffic never stops);
-    /// otherwise a new link is created and pinned, so it outlives this process.
+    /// one on this interface, the new program replaces the old one in it atomically
+    /// (traffic never stops); otherwise a new link is created and pinned, so it outlives
+    /// this process. A pinned link that is not on `iface` any more (the interface was
+    /// deleted, or renamed and another took its name) is unpinned and replaced, logged.
     pub fn attach_pinned(&mut self, iface: &str, mode: XdpModeChoice, pin_dir: &Path) -> Result<Attachment, LoadError> {
         attach_pinned(&mut self.ebpf, iface, mode, pin_dir)
     }
@@ -340,9 +343,7 @@ impl Loaded {
     }
 }
 
-/// Attaches the balancer to `iface` through a pinned link: if an earlier agent left
-/// one, the new program replaces the old one in it atomically (traffic never stops);
-/// otherwise a new link is created and pinned, so it outlives this process.
+/// Attaches the balancer to `iface` through a pinned link (see `Loaded::attach_pinned`).
 pub fn attach_pinned(
     ebpf: &mut Ebpf,
     iface: &str,
@@ -351,18 +352,14 @@ pub fn attach_pinned(
 ) -> Result<Attachment, LoadError> {
     let path = link_path(pin_dir);
     if path.exists() {
-        match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
-                xdp_mut(ebpf, PROG_LB)?
-                    .attach_to_link(link)
-                    .map_err(|source| LoadError::Program { name: PROG_LB, source })?;
-                return Ok(Attachment::Replaced);
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "pinned XDP link unusable; attaching anew");
-                std::fs::remove_file(&path).map_err(|source| LoadError::PinDir { path: path.clone(), source })?;
-            }
+        let stale = link::stale_reason(&path, iface);
+        match (stale, PinnedLink::from_pin(&path)) {
+            (None, Ok(pinned)) => match update_link(ebpf, pinned) {
+                Ok(()) => return Ok(Attachment::Replaced),
+                Err(e) => replace_pin(&path, iface, &e.to_string())?,
+            },
+            (Some(reason), _) => replace_pin(&path, iface, &reason)?,
+            (None, Err(e)) => replace_pin(&path, iface, &e.to_string())?,
         }
     }
     let (mode, id) = attach_program(&mut *ebpf, PROG_LB, iface, mode)?;
@@ -371,6 +368,20 @@ pub fn attach_pinned(
     let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
     fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
     Ok(Attachment::New(mode))
+}
+
+/// Swaps our program into a pinned link (`bpf_link_update`).
+fn update_link(ebpf: &mut Ebpf, pinned: PinnedLink) -> Result<(), LoadError> {
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
+    xdp_mut(ebpf, PROG_LB)?.attach_to_link(link).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+    Ok(())
+}
+
+/// Unpins a pinned link that cannot be reused; the kernel frees it (detaching it from
+/// whatever interface it still held) once the last reference is gone.
+fn replace_pin(path: &Path, iface: &str, reason: &str) -> Result<(), LoadError> {
+    tracing::warn!(path = %path.display(), iface, reason, "pinned XDP link unusable: unpinned, replaced by a new link");
+    std::fs::remove_file(path).map_err(|source| LoadError::PinDir { path: path.into(), source })
 }
 
 /// Attaches one of the object's programs to `iface`.

@@ -17,11 +17,9 @@ use crate::inspect::{inspect, Inspection};
 use crate::loader::Maps;
 use crate::view::{unix_ms, AgentView, SharedView};
 
-/// Flows silent for longer do not count as live in `/metrics`.
-const FLOW_IDLE: Duration = Duration::from_secs(120);
-
-/// Binds `addr` and serves in the background.
-pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std::io::Result<()> {
+/// Binds `addr` and serves in the background. `flow_idle` (`--flow-idle-timeout`): flows
+/// silent for longer do not count as live, as in the data path and `lb-agent status`.
+pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView, flow_idle: Duration) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
@@ -36,7 +34,7 @@ pub async fn spawn(addr: SocketAddr, pin_dir: PathBuf, view: SharedView) -> std:
                 // the page is streamed, so its size (about 700 bytes per backend) is
                 // never held in memory at once.
                 let Ok(conn) = conn.into_std().and_then(|c| c.set_nonblocking(false).map(|()| c)) else { return };
-                let _ = tokio::task::spawn_blocking(move || answer(conn, &path, &pin_dir, &view)).await;
+                let _ = tokio::task::spawn_blocking(move || answer(conn, &path, &pin_dir, &view, flow_idle)).await;
             });
         }
     });
@@ -59,7 +57,13 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
 }
 
 /// Answers one request on a blocking socket; the body ends with the connection.
-fn answer(conn: std::net::TcpStream, path: &str, pin_dir: &std::path::Path, view: &SharedView) -> std::io::Result<()> {
+fn answer(
+    conn: std::net::TcpStream,
+    path: &str,
+    pin_dir: &std::path::Path,
+    view: &SharedView,
+    flow_idle: Duration,
+) -> std::io::Result<()> {
     // A scraper that stops reading does not hold a worker thread for long.
     conn.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, conn);
@@ -69,7 +73,7 @@ fn answer(conn: std::net::TcpStream, path: &str, pin_dir: &std::path::Path, view
     if path == "/metrics" {
         let v = view.lock().expect("view lock").clone();
         let maps = Maps::from_pinned(pin_dir).map_err(|e| e.to_string());
-        match maps.and_then(|(m, meta)| inspect(&m, &meta, FLOW_IDLE).map_err(|e| e.to_string())) {
+        match maps.and_then(|(m, meta)| inspect(&m, &meta, flow_idle).map_err(|e| e.to_string())) {
             Ok(i) => {
                 out.write_all(head("200 OK").as_bytes())?;
                 render_to(&i, &v, &mut out)?;

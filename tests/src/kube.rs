@@ -19,6 +19,8 @@
 //! The processes listen on the host's loopback: something in a network namespace of its own
 //! (the lab's LB namespace) cannot reach them at 127.0.0.1.
 
+pub mod fixtures;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;

@@ -126,6 +126,33 @@ fn attach_pass(ns: &str, iface: &'static str) -> Result<Ebpf> {
 }
 
 impl Lab {
+    /// Gives the LB a new `eth0`, as when an interface is deleted and created again under
+    /// the same name, or (`rename_old_to`) renamed away and replaced by a new one. The new
+    /// interface has the LB's addresses and is on the bridge; the client forgets the
+    /// LB's old MAC.
+    pub fn replace_lb_iface(&mut self, rename_old_to: Option<&str>, mode: XdpModeChoice) -> Result<()> {
+        let (lb, sw) = (self.lb(), self.ns("sw"));
+        let port: &'static str = match rename_old_to {
+            None => {
+                ip(&lb, &["link", "del", "eth0"])?;
+                "lb"
+            }
+            Some(name) => {
+                ip(&lb, &["link", "set", "eth0", "down"])?;
+                ip(&lb, &["addr", "flush", "dev", "eth0"])?;
+                ip(&lb, &["link", "set", "eth0", "name", name])?;
+                "lb2"
+            }
+        };
+        self._peer_xdp = None;
+        self.plug(&lb, port, LB4, LB6)?;
+        if mode != XdpModeChoice::Generic {
+            self._peer_xdp = Some(attach_pass(&sw, port)?);
+        }
+        ip(&self.client(), &["neigh", "flush", "dev", "eth0"])?;
+        Ok(())
+    }
+
     /// Where agents in this lab pin (removed with the lab).
     pub fn pin_root(&self) -> std::path::PathBuf {
         format!("/sys/fs/bpf/{}", self.prefix).into()

@@ -7,175 +7,24 @@
 //! would (no kubelet runs pods here).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use lb_agent::config::XdpModeChoice;
 use lb_tests::agent::{Agent, PinnedMaps};
+use lb_tests::kube::fixtures::*;
 use lb_tests::kube::ApiServer;
 use lb_tests::lab::{backend_addrs, Lab, VIP4};
 use lb_tests::servers::{split, start_backend, tcp_backends, udp_backends, TCP_PORT, UDP_PORT};
-use serde::Deserialize as _;
 use serde_json::json;
-
-/// Runs the future `f` makes on a current-thread runtime on a thread inside network
-/// namespace `ns` (the future is made there, so it need not be `Send`).
-fn block_on_in<T: Send, Fut: Future<Output = T>>(ns: &str, f: impl FnOnce() -> Fut + Send) -> T {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
-        })
-        .join()
-        .expect("test thread")
-    })
-}
-
-/// Applies `deploy/namespace.yaml` and `deploy/rbac.yaml` exactly as shipped.
-async fn apply_deploy(client: &Client) -> Result<()> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
-    let pp = PatchParams::apply("lb-tests").force();
-    for file in ["namespace.yaml", "rbac.yaml"] {
-        let text = std::fs::read_to_string(format!("{root}/{file}"))?;
-        let docs = serde_yaml::Deserializer::from_str(&text)
-            .map(|d| Ok(serde_yaml::from_value::<serde_json::Value>(serde_yaml::Value::deserialize(d)?)?))
-            .collect::<Result<Vec<_>>>()?;
-        for v in docs {
-            let name = v["metadata"]["name"].as_str().context("name")?.to_string();
-            let ns = v["metadata"]["namespace"].as_str().unwrap_or("lb-system").to_string();
-            match v["kind"].as_str() {
-                Some("Namespace") => {
-                    drop(Api::<Namespace>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
-                }
-                Some("ServiceAccount") => drop(
-                    Api::<ServiceAccount>::namespaced(client.clone(), &ns).patch(&name, &pp, &Patch::Apply(&v)).await?,
-                ),
-                Some("ClusterRole") => {
-                    drop(Api::<ClusterRole>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
-                }
-                Some("ClusterRoleBinding") => {
-                    drop(Api::<ClusterRoleBinding>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&v)).await?)
-                }
-                other => anyhow::bail!("unexpected kind {other:?} in {file}"),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Starts the agent as the deploy/ ServiceAccount (a kubeconfig with its token).
-async fn start_agent(api: &ApiServer, lab: &Lab, extra: &[&str]) -> Result<Agent> {
-    let token = api.service_account_token("lb-system", "lb-agent").await?;
-    let kubeconfig = api.kubeconfig(&token);
-    let kc = kubeconfig.to_string_lossy().to_string();
-    let mut args = vec!["--kubeconfig", kc.as_str(), "--node-name", "lbtest", "--metrics-addr", "off"];
-    args.extend_from_slice(extra);
-    Agent::start_kube(lab, &args)
-}
-
-/// A namespace with its `default` ServiceAccount (no controller-manager makes it here).
-async fn namespace(client: &Client, name: &str) -> Result<()> {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    Api::<ServiceAccount>::namespaced(client.clone(), name).create(&PostParams::default(), &sa).await?;
-    Ok(())
-}
-
-/// Pods stand for the backends' metadata (labels, the `progress` label).
-async fn pods(client: &Client, progress: &BTreeMap<usize, &str>, count: usize) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), "web");
-    for i in 0..count {
-        let labels = progress.get(&i).map(|p| json!({"app": "echo", "progress": p})).unwrap_or(json!({"app": "echo"}));
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("b{i}"), "labels": labels},
-            "spec": {"containers": [{"name": "echo", "image": "echo"}]}
-        }))?;
-        api.create(&PostParams::default(), &pod).await?;
-    }
-    Ok(())
-}
-
-fn service(name: &str, address: &str, ports: serde_json::Value) -> Result<Service> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"type": "LoadBalancer", "loadBalancerClass": "lb-agent.io/xdp", "loadBalancerIP": address, "ports": ports}
-    }))?)
-}
-
-/// An endpoint of backend `i`: (ready, serving, terminating).
-fn endpoint(i: usize, state: (bool, bool, bool)) -> serde_json::Value {
-    json!({"addresses": [backend_addrs(i).0.to_string()],
-           "conditions": {"ready": state.0, "serving": state.1, "terminating": state.2},
-           "targetRef": {"kind": "Pod", "namespace": "web", "name": format!("b{i}")}})
-}
-
-async fn put_slice(client: &Client, service: &str, endpoints: Vec<serde_json::Value>) -> Result<()> {
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}, {"name": "udp", "port": UDP_PORT, "protocol": "UDP"}],
-        "endpoints": endpoints
-    }))?;
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "web");
-    api.patch(&format!("{service}-1"), &PatchParams::apply("lb-tests").force(), &Patch::Apply(&slice)).await?;
-    Ok(())
-}
-
-/// Polls until `f` holds; returns how long it took.
-async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await? {
-            return Ok(start.elapsed());
-        }
-        ensure!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn active_backends(agent: &Agent) -> Result<Vec<IpAddr>> {
-    let Ok(m) = PinnedMaps::open(&agent.pin_dir) else { return Ok(vec![]) };
-    let mut v: Vec<IpAddr> = m
-        .backend_list()?
-        .iter()
-        .filter(|(_, b)| b.flags & lb_common::BACKEND_F_DRAINING == 0)
-        .map(|(_, b)| lb_agent::model::addr_from_bytes(b.family, &b.addr))
-        .collect();
-    v.sort();
-    v.dedup();
-    Ok(v)
-}
-
-fn addrs(list: &[usize]) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = list.iter().map(|i| backend_addrs(*i).0).collect();
-    v.sort();
-    v
-}
 
 async fn pod_progress(client: &Client, i: usize) -> Result<Option<String>> {
     let p = Api::<Pod>::namespaced(client.clone(), "web").get(&format!("b{i}")).await?;
     Ok(p.metadata.labels.and_then(|l| l.get("progress").cloned()))
-}
-
-fn vip_sock(port: u16) -> SocketAddr {
-    SocketAddr::new(VIP4.parse().unwrap(), port)
 }
 
 async fn service_to_traffic(lab: &Lab) -> Result<()> {
@@ -292,20 +141,14 @@ async fn service_to_traffic(lab: &Lab) -> Result<()> {
     .await?;
     let addrs = lb_tests::netns::ip(&lab.lb(), &["-br", "addr", "show", "eth0"])?;
     ensure!(!addrs.contains(VIP4), "VIP address removed: {addrs}");
-    agent.wait_programmed(0, 0).ok();
+    agent.wait_programmed(0, 0).context("nothing left programmed after the Service went")?;
     Ok(())
 }
 
 #[test]
 fn kubernetes_service_becomes_balanced_traffic() {
-    if lb_tests::skip("kubernetes_service_becomes_balanced_traffic") {
+    if skip_kube("kubernetes_service_becomes_balanced_traffic") {
         return;
-    }
-    if let Err(e) = lb_tests::kube::assets_dir() {
-        if std::env::var_os("CI").is_none() {
-            lb_tests::record_skip("kubernetes_service_becomes_balanced_traffic", &e.to_string());
-            return;
-        }
     }
     let lab = Lab::new("kube", 4, XdpModeChoice::Native).unwrap();
     for i in 0..4 {
@@ -313,19 +156,6 @@ fn kubernetes_service_becomes_balanced_traffic() {
     }
     let lb = lab.lb();
     block_on_in(&lb, || service_to_traffic(&lab)).unwrap();
-}
-
-/// Warning Events of a Service, by reason.
-async fn event_reasons(client: &Client, service: &str) -> Result<Vec<String>> {
-    let events: Api<Event> = Api::namespaced(client.clone(), "web");
-    Ok(events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
-        .filter_map(|e| e.reason)
-        .collect())
 }
 
 async fn bad_services_and_rbac(lab: &Lab) -> Result<()> {
@@ -408,14 +238,8 @@ async fn bad_services_and_rbac(lab: &Lab) -> Result<()> {
 
 #[test]
 fn kubernetes_bad_services_and_missing_rbac() {
-    if lb_tests::skip("kubernetes_bad_services_and_missing_rbac") {
+    if skip_kube("kubernetes_bad_services_and_missing_rbac") {
         return;
-    }
-    if let Err(e) = lb_tests::kube::assets_dir() {
-        if std::env::var_os("CI").is_none() {
-            lb_tests::record_skip("kubernetes_bad_services_and_missing_rbac", &e.to_string());
-            return;
-        }
     }
     let lab = Lab::new("kbad", 2, XdpModeChoice::Native).unwrap();
     for i in 0..2 {

@@ -290,3 +290,47 @@ fn restart_with_other_settings_replaces_the_maps() {
     }
     replaced_maps().unwrap();
 }
+
+/// The LB's interface deleted and created again under the same name, then renamed away
+/// and replaced, each while no agent runs: the pinned link no longer runs on `eth0`
+/// (severed, or on the renamed one). The next agent replaces it (logged) and forwards.
+fn replaced_interface() -> Result<()> {
+    let mut lab = lab_with("s", 2)?;
+    let config = tcp_config(&[(0, 1, Some(100)), (1, 1, Some(100))], "");
+    let mut agent = Agent::start(&lab, &config, &[])?;
+    agent.wait_programmed(1, 2)?;
+    ensure!(split(&tcp_backends(&lab, vip(), 100)?).len() == 2, "both backends serve before");
+    for rename in [None, Some("eth0old")] {
+        agent.stop()?;
+        lab.replace_lb_iface(rename, XdpModeChoice::Native)?;
+        agent = Agent::start(&lab, &config, &[])?;
+        agent.wait_programmed(1, 2)?;
+        let log = agent.log_text();
+        let what = if rename.is_some() { "renamed and replaced" } else { "deleted and recreated" };
+        ensure!(
+            log.contains("pinned XDP link unusable: unpinned, replaced by a new link"),
+            "{what}: replacement logged:\n{log}"
+        );
+        let line = log.lines().find(|l| l.contains("pinned XDP link unusable")).unwrap_or_default();
+        println!("eth0 {what}: {}", line.trim());
+        let shares = split(&tcp_backends(&lab, vip(), 200).with_context(|| {
+            let lb = ip(&lab.lb(), &["-br", "addr"]).unwrap_or_default();
+            let cl = ip(&lab.client(), &["neigh"]).unwrap_or_default();
+            format!("LB addresses:\n{lb}\nclient neighbours:\n{cl}\n{}", agent.log_text())
+        })?);
+        ensure!(shares.len() == 2, "{what}: real TCP traffic to the VIP reaches both backends: {shares:?}");
+        if let Some(old) = rename {
+            let shown = ip(&lab.lb(), &["link", "show", old])?;
+            ensure!(!shown.contains("xdp"), "the renamed interface no longer runs our program: {shown}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_deleted_or_renamed_interface_gets_a_new_link() {
+    if lb_tests::skip("a_deleted_or_renamed_interface_gets_a_new_link") {
+        return;
+    }
+    replaced_interface().unwrap();
+}

@@ -42,7 +42,7 @@ pub fn run(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("`{shown}` failed ({status}): {passed} passed, {failed} failed, {} skipped", skips.len());
     }
-    let ran = judge(passed, &skips)?;
+    let ran = judge(passed, &skips, std::env::var_os("CI").is_some())?;
     println!(
         "xtask test: ok — unit tests passed; privileged suite: {ran} ran, {} skipped{}",
         skips.len(),
@@ -51,9 +51,14 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How many privileged tests really ran; an error when every one of them skipped.
-/// (A skipped test returns early, so libtest counts it as passed.)
-fn judge(passed: usize, skips: &[(String, String)]) -> Result<usize> {
+/// How many privileged tests really ran; an error when every one of them skipped, and
+/// in CI (`ci`) when any did: there, a group that silently skips (say, every Kubernetes
+/// test) must not pass. (A skipped test returns early, so libtest counts it as passed.)
+fn judge(passed: usize, skips: &[(String, String)], ci: bool) -> Result<usize> {
+    if ci && !skips.is_empty() {
+        let list: Vec<String> = skips.iter().map(|(t, r)| format!("{t} ({r})")).collect();
+        bail!("in CI no privileged test may skip; {} skipped: {}", skips.len(), list.join(", "));
+    }
     if skips.len() >= passed && (passed > 0 || !skips.is_empty()) {
         let mut reasons: Vec<&str> = skips.iter().map(|(_, r)| r.as_str()).collect();
         reasons.sort_unstable();
@@ -124,11 +129,19 @@ mod tests {
     #[test]
     fn all_skipped_fails() {
         let skip = |t: &str| (t.to_string(), "needs root".to_string());
-        let err = judge(2, &[skip("a"), skip("b")]).unwrap_err().to_string();
+        let err = judge(2, &[skip("a"), skip("b")], false).unwrap_err().to_string();
         assert!(err.starts_with("every privileged test skipped: needs root"), "{err}");
-        assert!(judge(0, &[skip("a")]).is_err());
-        assert_eq!(judge(3, &[skip("a")]).unwrap(), 2);
-        assert_eq!(judge(0, &[]).unwrap(), 0);
+        assert!(judge(0, &[skip("a")], false).is_err());
+        assert_eq!(judge(3, &[skip("a")], false).unwrap(), 2);
+        assert_eq!(judge(0, &[], false).unwrap(), 0);
+    }
+
+    #[test]
+    fn in_ci_any_skip_fails() {
+        let skip = |t: &str| (t.to_string(), "no kube assets".to_string());
+        let err = judge(10, &[skip("kube_a")], true).unwrap_err().to_string();
+        assert!(err.contains("kube_a (no kube assets)"), "{err}");
+        assert_eq!(judge(10, &[], true).unwrap(), 10);
     }
 
     #[test]

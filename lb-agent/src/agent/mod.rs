@@ -154,7 +154,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     );
     let view = SharedView::default();
     if let Some(addr) = opts.metrics_addr {
-        crate::metrics::spawn(addr, pin_dir.clone(), view.clone())
+        crate::metrics::spawn(addr, pin_dir.clone(), view.clone(), opts.flow_idle)
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
         info!(%addr, "metrics endpoint listening");

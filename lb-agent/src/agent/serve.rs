@@ -92,7 +92,11 @@ impl<D: Dataplane> Agent<D> {
                 draining_since_ms: a.draining.then_some(a.since_ms),
             };
             self.ramp.restore(a.vip, a.addr, record);
-            self.host.added.insert(a.vip.addr);
+            // Only if it is still there: an interface deleted and created again (its
+            // pinned link replaced) has lost the VIP addresses, which must be added anew.
+            if self.host.link.addrs.iter().any(|(addr, _)| *addr == a.vip.addr) {
+                self.host.added.insert(a.vip.addr);
+            }
             self.host.resolving.insert(a.addr);
             if let Some(mac) = a.mac {
                 self.host.last_mac.insert(a.addr, mac);

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use tracing::{info, warn};
 
 use crate::dataplane::{Dataplane, VipFailure};
-use crate::k8s::desired::{self, ServiceKey};
+use crate::k8s::desired::{self, ServiceKey, ServiceProblem};
 use crate::k8s::held::{Held, VipHeld};
 use crate::k8s::report::{HostState, Report, ReportSender};
 use crate::k8s::watch::KubeSource;
@@ -141,6 +141,9 @@ impl Source {
             let list = keys.into_iter().map(|key| {
                 let outcome = k.state.services.get(&key).cloned().map(|mut out| {
                     out.held = held_of(&out.vips, &k.held, &k.off_link, o.live);
+                    if !out.held.off_link.is_empty() {
+                        out.problems.push(ServiceProblem::EndpointsSkipped { addrs: out.held.off_link.clone() });
+                    }
                     out
                 });
                 (key, outcome)

@@ -62,6 +62,10 @@ pub enum ServiceProblem {
     BadSourceRange {
         error: crate::config::FieldError,
     },
+    /// Endpoints not on the LB interface's subnets: left out (found by the agent).
+    EndpointsSkipped {
+        addrs: Vec<IpAddr>,
+    },
 }
 
 impl ServiceProblem {
@@ -75,6 +79,7 @@ impl ServiceProblem {
             ServiceProblem::Conflict { .. } => "AddressConflict",
             ServiceProblem::NoReadyEndpoints => "NoReadyEndpoints",
             ServiceProblem::BadSourceRange { .. } => "InvalidSourceRange",
+            ServiceProblem::EndpointsSkipped { .. } => "EndpointsSkipped",
         }
     }
 }
@@ -96,6 +101,15 @@ impl fmt::Display for ServiceProblem {
             ServiceProblem::Conflict { vip, owner } => write!(f, "{vip} is already used by Service {owner} (the older one keeps it)"),
             ServiceProblem::NoReadyEndpoints => write!(f, "no ready endpoints: traffic to its VIPs is dropped"),
             ServiceProblem::BadSourceRange { error } => write!(f, "{error}; the Service is not served"),
+            ServiceProblem::EndpointsSkipped { addrs } => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{} endpoints skipped: not on the LB interface's subnets (direct server return needs them on its link): {}",
+                    addrs.len(),
+                    list.join(", ")
+                )
+            }
         }
     }
 }

@@ -3,8 +3,13 @@
 //!
 //! * Nothing is computed before every watch has finished its first list, so an empty
 //!   cache can never delete a VIP.
-//! * A watch error keeps the last state; the watcher retries with backoff. A relist
-//!   replaces a collection and marks exactly the Services whose objects differ.
+//! * A watch error keeps the last state; the watcher retries with a short, capped,
+//!   jittered backoff (`Retry`). kube's default grows to 30 s and is only reset by an
+//!   event, so after an API server outage the resume failed (its resourceVersion had
+//!   expired: 410 Gone) after up to 30 s and the relist waited up to 30 s more: a change
+//!   took ~1 minute to reach the maps. With `Retry` a change made once the API server is
+//!   back reaches the maps within ~2 s. A relist replaces a collection and marks exactly
+//!   the Services whose objects differ.
 //! * An event that changes nothing the agent reads (its own status writes, resyncs)
 //!   marks nothing and wakes nobody.
 
@@ -19,10 +24,13 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::desired::{ServiceKey, State};
 use super::objects::{pod_progress, Selection, ServiceView, SliceView};
+
+mod retry;
+use retry::Retry;
 
 /// Which objects to watch.
 #[derive(Clone, Debug)]
@@ -223,11 +231,25 @@ fn spawn_watch<K: Kind>(
     <K::Object as kube::Resource>::DynamicType: Default,
 {
     tokio::spawn(async move {
-        let stream = stream.default_backoff();
+        let stream = stream.backoff(Retry::default());
         futures::pin_mut!(stream);
         // A (re)list in progress: replaces the collection when complete.
         let mut relist: Vec<(K::Key, K::View)> = Vec::new();
+        // Failing since (for one warning per outage, not one per retry).
+        let mut failing: Option<std::time::Instant> = None;
         while let Some(event) = stream.next().await {
+            match (&event, failing) {
+                (Err(e), None) => {
+                    warn!(what = K::NAME, error = %e, "watch error; keeping the last state and retrying");
+                    failing = Some(std::time::Instant::now());
+                }
+                (Err(e), Some(_)) => debug!(what = K::NAME, error = %e, "watch still failing"),
+                (Ok(_), Some(since)) => {
+                    info!(what = K::NAME, seconds = since.elapsed().as_secs_f64(), "watch resumed");
+                    failing = None;
+                }
+                (Ok(_), None) => {}
+            }
             let mut cache = shared.cache.lock().expect("cache lock");
             let had_dirty = !cache.dirty.is_empty();
             match event {
@@ -255,7 +277,7 @@ fn spawn_watch<K: Kind>(
                     let (k, _) = K::project(&o, &sel);
                     K::set(&mut cache, k, None);
                 }
-                Err(e) => warn!(what = K::NAME, error = %e, "watch error; keeping the last state and retrying"),
+                Err(_) => {}
             }
             if !had_dirty && !cache.dirty.is_empty() {
                 shared.changed.notify_one();

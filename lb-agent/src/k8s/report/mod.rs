@@ -12,19 +12,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use super::desired::{ServiceKey, ServiceOutcome, PROGRESS_LABEL};
+use super::desired::{ServiceKey, ServiceOutcome};
 use super::watch::KubeSource;
+
+mod conditions;
+mod events;
+mod progress;
 
 pub const CONDITION_PREFIX: &str = "lb-agent.io/Programmed-";
 /// Requests (status writes, Events) in flight at once.
@@ -86,8 +84,8 @@ struct KubeReporter {
     written: HashMap<ServiceKey, u64>,
     /// The condition's (status, lastTransitionTime) per Service.
     since: HashMap<ServiceKey, (bool, String)>,
-    /// Problems already published as Events.
-    reported: BTreeSet<(ServiceKey, String)>,
+    /// Each Service's problems as last published (a fixed one is forgotten).
+    problems: events::Problems,
     programmed: BTreeSet<ServiceKey>,
     /// Progress last written or found on the label, per backend.
     progress_seen: HashMap<IpAddr, u32>,
@@ -110,7 +108,7 @@ pub fn spawn(client: Client, host: &str, source: KubeSource, mode: String) -> Re
         outcomes: BTreeMap::new(),
         written: HashMap::new(),
         since: HashMap::new(),
-        reported: BTreeSet::new(),
+        problems: events::Problems::default(),
         programmed: BTreeSet::new(),
         progress_seen: HashMap::new(),
         failed: BTreeSet::new(),
@@ -183,42 +181,6 @@ impl KubeReporter {
         }
     }
 
-    fn condition_type(&self) -> String {
-        format!("{CONDITION_PREFIX}{}", self.host_name)
-    }
-
-    /// Publishes an Event (events.k8s.io/v1) on a Service. Each is created as it is:
-    /// the reporter only publishes what is new (a problem not reported before, a state
-    /// change), so no cache of past Events is kept for folding repeats into series.
-    async fn event(&self, key: &ServiceKey, type_: EventType, reason: &str, note: String) {
-        let Some(regarding) = self.source.object_ref(key) else { return };
-        let now = Timestamp::now();
-        let n = self.events_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ev = K8sEvent {
-            metadata: ObjectMeta {
-                name: Some(format!("{}.{:x}.{n:x}", key.name, now.as_nanosecond())),
-                namespace: Some(key.namespace.clone()),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(now)),
-            action: Some("Program".into()),
-            reason: Some(reason.into()),
-            note: Some(note),
-            regarding: Some(regarding),
-            reporting_controller: Some("lb-agent".into()),
-            reporting_instance: Some(self.host_name.clone()),
-            type_: Some(match type_ {
-                EventType::Normal => "Normal".into(),
-                EventType::Warning => "Warning".into(),
-            }),
-            ..Default::default()
-        };
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &key.namespace);
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            warn!(service = %key, reason, error = %e, "publishing an Event");
-        }
-    }
-
     /// Writes status and conditions, and publishes Events for new problems and for
     /// Services that became programmed: `CHUNK` Services at a time, `IN_FLIGHT` requests
     /// at once, so a burst (every Service at start) never holds every body in memory.
@@ -265,153 +227,15 @@ impl KubeReporter {
         }
     }
 
-    /// One Service's status body (when it changed) and Events.
-    fn status(
-        &mut self,
-        key: &ServiceKey,
-        writes: &mut Vec<(ServiceKey, Value, u64)>,
-        events: &mut Vec<(ServiceKey, EventType, &'static str, String)>,
-    ) {
-        let Some(outcome) = self.outcomes.get(key).cloned() else { return };
-        for p in &outcome.problems {
-            if self.reported.insert((key.clone(), p.to_string())) {
-                events.push((key.clone(), EventType::Warning, p.reason(), p.to_string()));
-            }
-        }
-        let (host, held) = (&self.host, &outcome.held);
-        if !held.off_link.is_empty() {
-            let list: Vec<String> = held.off_link.iter().map(ToString::to_string).collect();
-            let note = format!(
-                "{} endpoints skipped: not on the LB interface's subnets (direct server return needs them on its link): {}",
-                list.len(),
-                list.join(", ")
-            );
-            if self.reported.insert((key.clone(), note.clone())) {
-                events.push((key.clone(), EventType::Warning, "EndpointsSkipped", note));
-            }
-        }
-        // From what the data plane holds, not from what was wanted.
-        let ok = held.serving() && host.error.is_none();
-        let (reason, message) = match (&host.error, held.failure(), outcome.problems.first()) {
-            (Some(e), _, _) => ("SyncFailed", format!("{}: {e}", host.mode)),
-            (None, Some((vip, m)), _) => ("NotProgrammed", format!("{vip}: {m}")),
-            (None, None, p) if outcome.vips.is_empty() => {
-                ("NotProgrammed", p.map(|p| p.to_string()).unwrap_or_default())
-            }
-            (None, None, _) if !ok => ("NoServingBackends", format!("{}: {held}", host.mode)),
-            (None, None, Some(p)) => ("PartlyProgrammed", format!("{}: {held}; {p}", host.mode)),
-            (None, None, None) => ("Programmed", format!("{}: {held}", host.mode)),
-        };
-        if ok && self.programmed.insert(key.clone()) {
-            let vips: Vec<String> = outcome.vips.iter().map(ToString::to_string).collect();
-            let note = format!("{}: {}", self.host.mode, vips.join(", "));
-            events.push((key.clone(), EventType::Normal, "Programmed", note));
-        } else if !ok {
-            self.programmed.remove(key);
-        }
-        let ingress = if outcome.vips.is_empty() { None } else { outcome.address };
-        let body = self.status_body(key, ingress, ok, reason, &message);
-        let hash = hash_of(&body);
-        if self.written.get(key) != Some(&hash) {
-            writes.push((key.clone(), body, hash));
-        }
-    }
-
-    fn status_body(
-        &mut self,
-        key: &ServiceKey,
-        ingress: Option<IpAddr>,
-        ok: bool,
-        reason: &str,
-        message: &str,
-    ) -> Value {
-        let status = if ok { "True" } else { "False" };
-        let condition_type = self.condition_type();
-        let since = self.since.entry(key.clone()).or_insert_with(|| (ok, Timestamp::now().to_string()));
-        if since.0 != ok {
-            *since = (ok, Timestamp::now().to_string());
-        }
-        let ingress: Vec<Value> =
-            ingress.map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).into_iter().collect();
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": key.name, "namespace": key.namespace},
-            "status": {
-                "loadBalancer": {"ingress": ingress},
-                "conditions": [{
-                    "type": condition_type, "status": status, "reason": reason,
-                    "message": message, "lastTransitionTime": since.1,
-                }]
-            }
-        })
-    }
-
     /// A Service that stopped being ours (class or type changed, deleted): our status
     /// fields are released (an apply with none of them).
     async fn release(&mut self, key: ServiceKey) {
         self.since.remove(&key);
         self.programmed.remove(&key);
+        self.problems.forget(&key);
         if self.written.remove(&key).is_some() && self.source.lock().service(&key).is_some() {
             let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": key.name, "namespace": key.namespace}});
             self.patch(&key, &body).await;
-        }
-    }
-
-    async fn patch(&self, key: &ServiceKey, body: &Value) -> bool {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-        let params = PatchParams::apply(&format!("lb-agent-{}", self.host_name)).force();
-        match api.patch_status(&key.name, &params, &Patch::Apply(body)).await {
-            Ok(_) => true,
-            Err(e) => {
-                warn!(service = %key, error = %e, "writing Service status");
-                false
-            }
-        }
-    }
-
-    /// Writes each backend pod's ramp progress to its `progress` label when it differs.
-    async fn progress(&mut self, list: BTreeMap<IpAddr, ((String, String), u32)>) {
-        let mut done = BTreeSet::new();
-        let mut writes = Vec::new();
-        for (addr, ((ns, name), progress)) in list {
-            if self.progress_seen.get(&addr) == Some(&progress) || !done.insert((ns.clone(), name.clone())) {
-                continue;
-            }
-            if self.source.lock().progress(&ns, &name) == Some(progress) {
-                self.progress_seen.insert(addr, progress);
-                continue;
-            }
-            writes.push((addr, ns, name, progress));
-        }
-        let client = &self.client;
-        let results: Vec<(IpAddr, u32, bool)> = futures::stream::iter(writes)
-            .map(|(addr, ns, name, progress)| async move {
-                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let patch = json!({"metadata": {"labels": {PROGRESS_LABEL: progress.to_string()}}});
-                let ok = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                    Ok(_) => {
-                        debug!(pod = %format!("{ns}/{name}"), progress, "progress label written");
-                        true
-                    }
-                    Err(err) => {
-                        warn!(pod = %format!("{ns}/{name}"), error = %err, "writing the progress label");
-                        false
-                    }
-                };
-                (addr, progress, ok)
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let mut values = BTreeSet::new();
-        let mut pods = 0;
-        for (addr, progress, _) in results.into_iter().filter(|(_, _, ok)| *ok) {
-            self.progress_seen.insert(addr, progress);
-            values.insert(progress);
-            pods += 1;
-        }
-        if pods > 0 {
-            info!(pods, progress = ?values, "progress labels written");
         }
     }
 }
