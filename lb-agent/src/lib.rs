@@ -8,7 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod explain;
-pub mod health;
 pub mod inspect;
 pub mod k8s;
 pub mod kernel_log;

@@ -24,7 +24,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_LB: &str = "lb_xdp";
 pub const PROG_PASS: &str = "xdp_pass";
 
-mod link;
+pub mod link;
 mod options;
 pub use options::LoadOptions;
 

@@ -175,7 +175,10 @@ impl Ramp {
         live_flows: &impl Fn(&Vip, IpAddr) -> Option<u64>,
         events: &mut Vec<Event>,
     ) -> Vec<Effective> {
-        let new_vip = !self.records.contains_key(vip);
+        // A VIP's first backends start at full weight: there is no one to protect from
+        // them. (A Service is usually seen before its EndpointSlice, so "first" is "no
+        // backend yet", not "VIP not seen yet".)
+        let new_vip = self.records.get(vip).is_none_or(|r| r.is_empty());
         let recs = self.records.entry(*vip).or_default();
         let mut eff = Vec::with_capacity(backends.len());
         for w in backends {

@@ -168,3 +168,28 @@ fn a_backend_that_joins_ramps_and_a_removed_vip_is_gone() {
     assert!(l.dp.current().vips.is_empty());
     assert_eq!(l.dp.programmed(&vip(80)), None);
 }
+
+#[test]
+fn a_weight_1_backend_ramps_through_levels_and_first_backends_start_full() {
+    let mut l = Loop::new(FakeDataplane::default());
+    // The Service is seen before its EndpointSlice: no backends yet.
+    l.desired.vips.insert(vip(80), spec(&[]));
+    l.sync(None);
+    l.desired.vips.insert(vip(80), spec(&[1, 2, 3]));
+    l.sync(Some(&[vip(80)]));
+    let shares =
+        |l: &Loop| -> Vec<u32> { l.dp.current().vips[&vip(80)].backends.iter().map(|b| b.share_weight()).collect() };
+    assert_eq!(shares(&l), vec![100, 100, 100], "a VIP's first backends start at full weight");
+    // A 4th weight-1 backend joins: its share of new flows rises step by step.
+    l.desired.vips.insert(vip(80), spec(&[1, 2, 3, 4]));
+    let mut levels = Vec::new();
+    for _ in 0..5 {
+        l.sync(Some(&[vip(80)]));
+        let s = shares(&l);
+        levels.push(s[3] as f64 / s.iter().sum::<u32>() as f64);
+        l.now_ms += 1_000;
+    }
+    levels.dedup();
+    assert!(levels.len() >= 4 && levels.windows(2).all(|w| w[0] < w[1]), "rising levels: {levels:?}");
+    assert!((levels.last().unwrap() - 0.25).abs() < 1e-9, "ends at a full share: {levels:?}");
+}

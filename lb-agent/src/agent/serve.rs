@@ -178,7 +178,7 @@ impl<D: Dataplane> Agent<D> {
     fn heartbeat(&mut self, opts: &RunOptions) {
         let iface = &opts.config.iface;
         let link = crate::loader::link_path(&opts.pin_root.join(iface));
-        let detached = crate::health::attached(&link, iface).err();
+        let detached = crate::loader::link::attached(&link, iface).err();
         let mut v = self.view.lock().expect("view lock");
         if detached.is_some() && v.detached != detached {
             warn!(problem = detached.as_deref().unwrap_or_default(), "data path not in place");

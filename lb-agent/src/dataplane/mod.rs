@@ -30,6 +30,17 @@ pub struct SnapBackend {
 }
 
 impl SnapBackend {
+    /// The weight new flows are shared by: the target weight times the ramp progress
+    /// (in hundredths of a weight), so a backend at progress p gets p % of what it gets
+    /// at full weight, in every step, even with target weight 1 (every Kubernetes
+    /// endpoint). 0 while draining or at weight 0.
+    pub fn share_weight(&self) -> u32 {
+        if self.draining || self.weight == 0 {
+            return 0;
+        }
+        self.target.max(1).saturating_mul(self.progress.clamp(1, 100))
+    }
+
     /// A backend at full weight, with nothing ramping or draining.
     pub fn steady(addr: IpAddr, weight: u32, mac: Option<[u8; 6]>) -> Self {
         SnapBackend { addr, weight, mac, draining: false, target: weight, progress: 100, since_ms: 0 }

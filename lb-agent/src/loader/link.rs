@@ -101,3 +101,16 @@ pub fn stale_reason(path: &Path, iface: &str) -> Option<String> {
         Ok(Some(_)) => None,
     }
 }
+
+/// Whether the program pinned at `path` runs on interface `iface` (`/healthz`); the
+/// reason if not.
+pub fn attached(path: &Path, iface: &str) -> Result<(), String> {
+    let Some(want) = ifindex_of(iface) else { return Err(format!("interface {iface} is gone")) };
+    match pinned_xdp_ifindex(path) {
+        Ok(Some(i)) if i == want => Ok(()),
+        Ok(Some(0)) => Err(format!("the XDP program is detached from {iface}")),
+        Ok(Some(i)) => Err(format!("the XDP link is attached to ifindex {i}, not {iface} ({want})")),
+        Ok(None) => Err(format!("{} is not an XDP link", path.display())),
+        Err(e) => Err(format!("reading the pinned XDP link {}: {e}", path.display())),
+    }
+}

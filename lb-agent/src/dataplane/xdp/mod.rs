@@ -264,14 +264,14 @@ impl XdpDataplane {
     }
 
     /// The Maglev assignment (backend ids per slot) over the backends that can take
-    /// new flows: weight above 0 and a known MAC.
+    /// new flows (a known MAC, `share_weight` above 0).
     fn assign(&self, wanted: &[SnapBackend], vip: &Vip) -> Vec<u32> {
         let state = &self.vips[vip];
         let keys: Vec<[u8; 16]> = wanted.iter().map(|b| addr_bytes(b.addr)).collect();
         let members: Vec<Member<'_>> = wanted
             .iter()
             .zip(&keys)
-            .map(|(b, k)| Member { key: k, weight: if b.mac.is_some() && !b.draining { b.weight } else { 0 } })
+            .map(|(b, k)| Member { key: k, weight: if b.mac.is_some() { b.share_weight() } else { 0 } })
             .collect();
         let ids: Vec<u32> = wanted.iter().map(|b| state.backends[&b.addr].id).collect();
         maglev::build(&members, self.opts.table_size)
