@@ -90,6 +90,10 @@ pub enum Problem {
     TooLarge,
     #[error("cannot be combined with --kubernetes / --kubeconfig (Kubernetes is then the only source)")]
     WithKubernetes,
+    #[error("is a {0} address: a VIP must be a unicast address that clients reach")]
+    UnusableVip(&'static str),
+    #[error("is also the VIP's own address (a backend cannot be the VIP)")]
+    BackendIsVip,
     #[error("no interface of that name")]
     NoSuchInterface,
     #[error("{0}")]
@@ -279,6 +283,9 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
     let vip: Vip =
         raw.address.trim().parse().map_err(|e| FieldError::new(&raw.origin, &raw.address, Problem::Vip(e)))?;
+    if let Some(kind) = values::unusable_vip(vip.addr) {
+        return Err(FieldError::new(&raw.origin, &raw.address, Problem::UnusableVip(kind)));
+    }
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(raw.backends.len());
     for b in &raw.backends {
         let shown = match &b.weight {
@@ -300,6 +307,9 @@ pub fn validate_vip(raw: &RawVip) -> Result<(Vip, VipSpec), FieldError> {
         }
         if backends.iter().any(|x| x.addr == addr) {
             return Err(FieldError::new(&b.origin, &shown, Problem::DuplicateBackend));
+        }
+        if addr == vip.addr {
+            return Err(FieldError::new(&b.origin, &shown, Problem::BackendIsVip));
         }
         let start_progress = match &b.start_progress {
             None => None,
@@ -362,7 +372,7 @@ pub fn build(
 }
 
 mod values;
-pub use values::{parse_duration, parse_source_ranges};
+pub use values::{parse_duration, parse_source_ranges, unusable_vip};
 
 #[cfg(test)]
 mod tests;

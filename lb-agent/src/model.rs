@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use lb_common::{VipKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
@@ -119,7 +120,7 @@ impl BackendSpec {
 pub struct VipSpec {
     pub backends: Vec<BackendSpec>,
     /// Per-VIP slow-start override (step in points, interval).
-    pub ramp: Option<crate::ramp::RampPolicy>,
+    pub ramp: Option<RampPolicy>,
     /// Client-address affinity timeout in seconds; 0 = none.
     pub affinity_timeout_s: u32,
     /// Allowed clients; empty = every client.
@@ -191,5 +192,33 @@ mod tests {
         assert_eq!(Vip::from_key(&k), Some(v));
         let v6: Vip = "[2001:db8::1]:53/udp".parse().unwrap();
         assert_eq!(Vip::from_key(&v6.key()), Some(v6));
+    }
+}
+
+/// Slow start: how a new backend's weight ramps up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RampPolicy {
+    /// Percentage points added per interval (1-100).
+    pub step: u32,
+    pub interval: Duration,
+}
+
+impl Default for RampPolicy {
+    fn default() -> Self {
+        RampPolicy { step: 20, interval: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainPolicy {
+    /// A drain ends when no live flow is left, but not before this.
+    pub min_drain: Duration,
+    /// A drain ends at the latest after this.
+    pub timeout: Duration,
+}
+
+impl Default for DrainPolicy {
+    fn default() -> Self {
+        DrainPolicy { min_drain: Duration::from_secs(5), timeout: Duration::from_secs(300) }
     }
 }

@@ -17,32 +17,7 @@ use std::time::Duration;
 
 use crate::model::Vip;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RampPolicy {
-    /// Percentage points added per interval (1-100).
-    pub step: u32,
-    pub interval: Duration,
-}
-
-impl Default for RampPolicy {
-    fn default() -> Self {
-        RampPolicy { step: 20, interval: Duration::from_secs(10) }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DrainPolicy {
-    /// A drain ends when no live flow is left, but not before this.
-    pub min_drain: Duration,
-    /// A drain ends at the latest after this.
-    pub timeout: Duration,
-}
-
-impl Default for DrainPolicy {
-    fn default() -> Self {
-        DrainPolicy { min_drain: Duration::from_secs(5), timeout: Duration::from_secs(300) }
-    }
-}
+pub use crate::model::{DrainPolicy, RampPolicy};
 
 /// One backend as wanted by a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use lb_agent::config::XdpModeChoice;
 use lb_tests::agent::{Agent, PinnedMaps};
 use lb_tests::lab::{backend_addrs, Lab, VIP4, VIP6};
@@ -64,5 +64,42 @@ fn a_vip_that_does_not_fit_is_reported_and_the_others_served() -> Result<()> {
     ensure!(agent.log_text().contains("VIP applied after an earlier failure"));
     let status = agent.stop()?;
     ensure!(status.success(), "agent exit status {status}");
+    Ok(())
+}
+
+/// An address the kernel refuses (IPv6 on a link with IPv6 turned off) fails only its
+/// own VIP: reported with the kernel's own error, retried, and every other VIP is
+/// served and keeps taking changes.
+#[test]
+fn an_address_the_kernel_refuses_fails_only_its_vip() -> Result<()> {
+    if lb_tests::skip("isolation_refused_address") {
+        return Ok(());
+    }
+    let lab = Lab::new("isr", 2, XdpModeChoice::Generic)?;
+    start_backend(&lab, 0)?;
+    start_backend(&lab, 1)?;
+    let agent = Agent::start(&lab, &vip_block(VIP4), &["--xdp-mode", "generic"])?;
+    wait_for("the IPv4 VIP to be served", Duration::from_secs(20), || Ok(served(&lab, VIP4)))
+        .with_context(|| agent.log_text())?;
+    // IPv6 goes off on the LB's link; then an IPv6 VIP is configured.
+    lb_tests::netns::sysctl(&lab.lb(), "net.ipv6.conf.eth0.disable_ipv6", "1")?;
+    agent.reload(&[vip_block(VIP4), vip_block(VIP6)].concat())?;
+    wait_for("the refusal to be reported", Duration::from_secs(10), || {
+        Ok(agent.log_text().contains("VIP not applied") && agent.log_text().contains("adding its address"))
+    })?;
+    let log = agent.log_text();
+    let line = log.lines().find(|l| l.contains("VIP not applied")).unwrap_or_default().to_string();
+    println!("reported: {line}");
+    ensure!(line.contains("2001:db8:77::100") && line.contains("os error"), "names the VIP and the OS error: {line}");
+    ensure!(!log.contains("sync failed"), "one address must not fail the whole sync:\n{log}");
+    // A change to the IPv4 VIP still lands: a second backend is added.
+    let (b1, _) = lb_tests::lab::backend_addrs(1);
+    let two =
+        vip_block(VIP4) + &format!("[[vip.backend]]\naddress = \"{b1}\"\nstart_progress = 100\n") + &vip_block(VIP6);
+    agent.reload(&two)?;
+    wait_for("both IPv4 backends serving", Duration::from_secs(10), || {
+        Ok(lb_tests::servers::split(&tcp_backends(&lab, sock(VIP4), 60)?).len() == 2)
+    })?;
+    ensure!(agent.stop()?.success());
     Ok(())
 }

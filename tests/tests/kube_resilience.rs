@@ -140,6 +140,11 @@ async fn reports(lab: &Lab) -> Result<()> {
     // A Service whose VIP the kernel refuses (::1): whatever becomes of it, the good
     // Service's condition never carries its error, and the good one keeps serving.
     services.create(&pp, &service("refused", "::1", json!([{"name": "tcp", "port": TCP_PORT}]))?).await?;
+    until("refused's InvalidAddress Event (a loopback address can be no VIP)", Duration::from_secs(15), || async {
+        Ok(count(&admin, "refused", "InvalidAddress").await? >= 1)
+    })
+    .await
+    .with_context(|| agent.log_text())?;
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut seen = Vec::new();
     while Instant::now() < deadline {

@@ -12,11 +12,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::dataplane::error_chain;
 use crate::model::{Desired, Vip};
 use crate::netlink::{Link, Netlink, NetlinkError};
 
 /// Individual neighbour look-ups per check of unresolved backends (one request each).
 const LOOKUPS_PER_CHECK: usize = 256;
+
+/// VIP addresses the kernel refused, with why (the whole error chain).
+pub type Refused = std::collections::BTreeMap<IpAddr, String>;
 
 pub struct Host {
     pub nl: Netlink,
@@ -54,22 +58,26 @@ impl Host {
         }
     }
 
-    /// Addresses and neighbour entries for every VIP of `desired`.
-    pub async fn sync_all(&mut self, desired: &Desired) -> Result<(), NetlinkError> {
+    /// Addresses and neighbour entries for every VIP of `desired`. Each address and
+    /// entry on its own: returns the VIP addresses the kernel refused (with why); the
+    /// others are in place.
+    pub async fn sync_all(&mut self, desired: &Desired) -> Refused {
         let wanted: BTreeSet<IpAddr> = desired.vips.keys().map(|v| v.addr).collect();
         let check: BTreeSet<IpAddr> = wanted.union(&self.added).copied().collect();
-        self.sync_addresses(desired, &check).await?;
+        let refused = self.sync_addresses(desired, &check).await;
         let backends: BTreeSet<IpAddr> = desired.vips.values().flat_map(|v| &v.backends).map(|b| b.addr).collect();
-        self.sync_neighbours(backends).await
+        self.sync_neighbours(backends).await;
+        refused
     }
 
     /// Addresses and neighbour entries for the VIPs in `vips` (which may have left
     /// `desired`); the rest is as it was.
-    pub async fn sync_vips(&mut self, desired: &Desired, vips: &BTreeSet<Vip>) -> Result<(), NetlinkError> {
+    pub async fn sync_vips(&mut self, desired: &Desired, vips: &BTreeSet<Vip>) -> Refused {
         let check: BTreeSet<IpAddr> = vips.iter().map(|v| v.addr).collect();
-        self.sync_addresses(desired, &check).await?;
+        let refused = self.sync_addresses(desired, &check).await;
         let backends = vips.iter().filter_map(|v| desired.vips.get(v)).flat_map(|s| &s.backends).map(|b| b.addr);
-        self.sync_neighbours(backends.collect()).await
+        self.sync_neighbours(backends.collect()).await;
+        refused
     }
 
     /// Are some wanted backends still without a MAC?
@@ -78,45 +86,67 @@ impl Host {
     }
 
     /// Adds or removes the addresses in `check` as `desired` needs them.
-    async fn sync_addresses(&mut self, desired: &Desired, check: &BTreeSet<IpAddr>) -> Result<(), NetlinkError> {
+    async fn sync_addresses(&mut self, desired: &Desired, check: &BTreeSet<IpAddr>) -> Refused {
         let wanted = wanted_addresses(desired, check.iter());
+        let mut refused = Refused::new();
         for addr in &wanted {
-            if !self.added.contains(addr) && self.nl.add_address(self.link.index, *addr).await? {
-                info!(%addr, iface = %self.link.name, "VIP address added");
-                self.added.insert(*addr);
+            if self.added.contains(addr) {
+                continue;
+            }
+            match self.nl.add_address(self.link.index, *addr).await {
+                Ok(true) => {
+                    info!(%addr, iface = %self.link.name, "VIP address added");
+                    self.added.insert(*addr);
+                }
+                Ok(false) => {}
+                Err(e) => _ = refused.insert(*addr, error_chain(&e)),
             }
         }
         let stale: Vec<IpAddr> =
             check.iter().filter(|a| self.added.contains(a) && !wanted.contains(a)).copied().collect();
         for addr in stale {
-            self.nl.del_address(self.link.index, addr).await?;
-            self.added.remove(&addr);
-            info!(%addr, iface = %self.link.name, "VIP address removed");
+            match self.nl.del_address(self.link.index, addr).await {
+                Ok(_) => {
+                    self.added.remove(&addr);
+                    info!(%addr, iface = %self.link.name, "VIP address removed");
+                }
+                Err(e) => warn!(%addr, error = error_chain(&e), "removing a VIP address; retried"),
+            }
         }
-        Ok(())
+        refused
     }
 
     /// Asks the kernel to keep the new ones among `backends` resolved, and takes the
     /// MACs of those already usable.
-    async fn sync_neighbours(&mut self, backends: BTreeSet<IpAddr>) -> Result<(), NetlinkError> {
+    async fn sync_neighbours(&mut self, backends: BTreeSet<IpAddr>) {
         let new: Vec<IpAddr> = backends.difference(&self.resolving).copied().collect();
-        for addr in &new {
-            self.nl.resolve(self.link.index, *addr).await?;
-            self.resolving.insert(*addr);
+        let mut asked = Vec::with_capacity(new.len());
+        for addr in new {
+            match self.nl.resolve(self.link.index, addr).await {
+                Ok(_) => {
+                    self.resolving.insert(addr);
+                    asked.push(addr);
+                }
+                // Not marked resolving: asked again on the next sync of its VIP.
+                Err(e) => warn!(backend = %addr, error = error_chain(&e), "asking the kernel to resolve a backend"),
+            }
         }
+        let new = asked;
         // A new backend whose entry is already usable (or resolves at once) can take
         // traffic now rather than when the neighbour table is next read.
         for addr in new {
             if self.last_mac.contains_key(&addr) {
                 continue;
             }
-            if let Some(mac) = self.nl.neighbour_mac(self.link.index, addr).await? {
-                self.last_mac.insert(addr, mac);
-            } else if self.unresolved.insert(addr) {
-                warn!(backend = %addr, "backend's MAC not resolved yet: no traffic for it until it is");
+            match self.nl.neighbour_mac(self.link.index, addr).await {
+                Ok(Some(mac)) => _ = self.last_mac.insert(addr, mac),
+                Ok(None) | Err(_) => {
+                    if self.unresolved.insert(addr) {
+                        warn!(backend = %addr, "backend's MAC not resolved yet: no traffic for it until it is");
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     /// Looks the backends still waiting for their MAC up one by one (at most
@@ -137,15 +167,16 @@ impl Host {
     }
 
     /// Stops managing the neighbours of backends no VIP uses any more.
-    pub async fn forget(&mut self, unused: &[IpAddr]) -> Result<(), NetlinkError> {
+    pub async fn forget(&mut self, unused: &[IpAddr]) {
         for addr in unused {
             if self.resolving.remove(addr) {
-                self.nl.forget(self.link.index, *addr).await?;
+                if let Err(e) = self.nl.forget(self.link.index, *addr).await {
+                    warn!(backend = %addr, error = error_chain(&e), "removing a neighbour entry");
+                }
             }
             self.last_mac.remove(addr);
             self.unresolved.remove(addr);
         }
-        Ok(())
     }
 
     /// Takes MACs read from the neighbour table (new or changed entries); returns the

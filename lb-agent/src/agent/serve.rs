@@ -301,11 +301,8 @@ impl<D: Dataplane> Agent<D> {
         all: bool,
         tried: &BTreeSet<Vip>,
     ) -> Result<(plan::Plan, ApplyReport), AgentError> {
-        if all {
-            self.host.sync_all(&self.desired).await?;
-        } else {
-            self.host.sync_vips(&self.desired, tried).await?;
-        }
+        let refused =
+            if all { self.host.sync_all(&self.desired).await } else { self.host.sync_vips(&self.desired, tried).await };
         for vip in tried.iter().filter(|v| !self.desired.vips.contains_key(v)) {
             self.failures.forget(vip);
         }
@@ -326,7 +323,15 @@ impl<D: Dataplane> Agent<D> {
         } else {
             self.dp.apply_vips(&plan.changes)
         };
-        let report = result.map_err(|e| AgentError::Dataplane(Box::new(e)))?;
+        let mut report = result.map_err(|e| AgentError::Dataplane(Box::new(e)))?;
+        // A VIP whose address the kernel refused is reported and retried like one the
+        // data plane refused; every other VIP is in place.
+        for vip in tried.iter().filter(|v| self.desired.vips.contains_key(v)) {
+            if let Some(why) = refused.get(&vip.addr) {
+                let message = format!("VIP {vip}: adding its address to {}: {why}", self.host.link.name);
+                report.failed.push(VipFailure { vip: *vip, capacity: false, message });
+            }
+        }
         if !report.is_noop() {
             info!(
                 added = report.vips_added,
@@ -337,7 +342,7 @@ impl<D: Dataplane> Agent<D> {
                 "data plane updated"
             );
         }
-        self.host.forget(&plan.unused).await?;
+        self.host.forget(&plan.unused).await;
         Ok((plan, report))
     }
 

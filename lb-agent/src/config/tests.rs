@@ -201,3 +201,38 @@ fn source_ranges_are_normalised() {
     assert_eq!(got, want);
     assert!(parse_source_ranges("f", &[]).unwrap().is_empty());
 }
+
+#[test]
+fn addresses_that_can_be_no_vip_are_refused_by_name() {
+    let cases = [
+        ("127.0.0.1", Some("loopback")),
+        ("[::1]", Some("loopback")),
+        ("0.0.0.0", Some("unspecified")),
+        ("224.0.0.1", Some("multicast")),
+        ("[ff02::1]", Some("multicast")),
+        ("255.255.255.255", Some("broadcast")),
+        ("169.254.1.1", Some("link-local")),
+        ("[fe80::1]", Some("link-local")),
+        ("240.0.0.1", Some("reserved (240.0.0.0/4)")),
+        ("[::ffff:192.0.2.1]", Some("IPv4-mapped")),
+        ("192.0.2.10", None),
+        ("[2001:db8::10]", None),
+    ];
+    for (addr, want) in cases {
+        let raw = flags(&[
+            ("vip", &format!("{addr}:80/tcp")),
+            ("b", if addr.starts_with('[') { "2001:db8::2" } else { "10.0.0.2" }),
+        ]);
+        let got = build(Some("eth0".into()), None, raw, None);
+        match want {
+            Some(kind) => {
+                let e = got.unwrap_err();
+                assert_eq!((e.field.as_str(), &e.problem), ("--vip", &Problem::UnusableVip(kind)), "{addr}");
+                assert!(e.to_string().contains(kind), "{e}");
+            }
+            None => assert!(got.is_ok(), "{addr}: {got:?}"),
+        }
+    }
+    let raw = flags(&[("vip", "192.0.2.10:80/tcp"), ("b", "192.0.2.10")]);
+    assert_eq!(build(Some("eth0".into()), None, raw, None).unwrap_err().problem, Problem::BackendIsVip);
+}

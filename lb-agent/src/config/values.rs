@@ -46,3 +46,22 @@ pub fn parse_source_ranges(field: &str, ranges: &[String]) -> Result<Vec<ipnet::
     out.sort();
     Ok(out)
 }
+
+/// Why `addr` cannot be a VIP, if it cannot: a VIP is a unicast address that clients on
+/// other hosts reach, which the LB host answers for on its link.
+pub fn unusable_vip(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_multicast() => Some("multicast"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.octets()[0] >= 240 => Some("reserved (240.0.0.0/4)"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.is_multicast() => Some("multicast"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some("link-local"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Some("IPv4-mapped"),
+        _ => None,
+    }
+}

@@ -142,3 +142,19 @@ pub struct Programmed {
     /// Backends held but not reachable yet (no link-layer address).
     pub unresolved: usize,
 }
+
+/// An error with its sources, one line ("cannot add address ...: Operation not
+/// permitted (os error 1)"): what logs, Events and conditions say.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}

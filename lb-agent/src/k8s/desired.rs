@@ -14,7 +14,6 @@
 //! * Two Services claiming the same VIP: the older one keeps it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::jiff::Timestamp;
@@ -23,107 +22,8 @@ use super::objects::{EndpointState, Family, PortView, ServiceView, SliceView};
 use crate::model::{BackendSpec, Desired, Protocol, Vip, VipSpec};
 
 pub const DEFAULT_CLASS: &str = "lb-agent.io/xdp";
-pub const ADDRESS_ANNOTATION: &str = "lb-agent.io/load-balancer-ip";
-pub const PROGRESS_LABEL: &str = "progress";
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A problem with one Service, reported as a Warning Event on it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServiceProblem {
-    NoAddress,
-    BadAddress {
-        value: String,
-    },
-    UnsupportedProtocol {
-        port: i32,
-        protocol: String,
-    },
-    PortMismatch {
-        port: i32,
-        endpoint_port: i32,
-    },
-    Conflict {
-        vip: Vip,
-        owner: ServiceKey,
-    },
-    NoReadyEndpoints,
-    /// `spec.loadBalancerSourceRanges` has an entry that is no CIDR of the VIP's family.
-    BadSourceRange {
-        error: crate::config::FieldError,
-    },
-    /// Endpoints not on the LB interface's subnets: left out (found by the agent).
-    EndpointsSkipped {
-        addrs: Vec<IpAddr>,
-    },
-}
-
-impl ServiceProblem {
-    /// The Event reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ServiceProblem::NoAddress => "NoAddress",
-            ServiceProblem::BadAddress { .. } => "InvalidAddress",
-            ServiceProblem::UnsupportedProtocol { .. } => "UnsupportedProtocol",
-            ServiceProblem::PortMismatch { .. } => "PortMismatch",
-            ServiceProblem::Conflict { .. } => "AddressConflict",
-            ServiceProblem::NoReadyEndpoints => "NoReadyEndpoints",
-            ServiceProblem::BadSourceRange { .. } => "InvalidSourceRange",
-            ServiceProblem::EndpointsSkipped { .. } => "EndpointsSkipped",
-        }
-    }
-}
-
-impl fmt::Display for ServiceProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServiceProblem::NoAddress => {
-                write!(f, "no address requested: set spec.loadBalancerIP or the {ADDRESS_ANNOTATION} annotation")
-            }
-            ServiceProblem::BadAddress { value } => write!(f, "requested address {value:?} is not an IP address"),
-            ServiceProblem::UnsupportedProtocol { port, protocol } => {
-                write!(f, "port {port}: protocol {protocol} is not supported (TCP and UDP are)")
-            }
-            ServiceProblem::PortMismatch { port, endpoint_port } => write!(
-                f,
-                "port {port}: endpoints listen on {endpoint_port}; direct server return cannot translate ports, so targetPort must equal port"
-            ),
-            ServiceProblem::Conflict { vip, owner } => write!(f, "{vip} is already used by Service {owner} (the older one keeps it)"),
-            ServiceProblem::NoReadyEndpoints => write!(f, "no ready endpoints: traffic to its VIPs is dropped"),
-            ServiceProblem::BadSourceRange { error } => write!(f, "{error}; the Service is not served"),
-            ServiceProblem::EndpointsSkipped { addrs } => {
-                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                write!(
-                    f,
-                    "{} endpoints skipped: not on the LB interface's subnets (direct server return needs them on its link): {}",
-                    addrs.len(),
-                    list.join(", ")
-                )
-            }
-        }
-    }
-}
-
-/// What became of one Service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceOutcome {
-    pub address: Option<IpAddr>,
-    /// VIPs this Service owns in the wanted state.
-    pub vips: Vec<Vip>,
-    pub problems: Vec<ServiceProblem>,
-    /// What the data plane holds: filled in by the agent after a sync, never here.
-    pub held: super::held::Held,
-}
+pub use super::objects::{ServiceKey, ADDRESS_ANNOTATION, PROGRESS_LABEL};
+pub use super::problem::{ServiceOutcome, ServiceProblem};
 
 /// One port of a Service, judged on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,7 +72,11 @@ impl Update {
 
 fn requested_address(s: &ServiceView) -> Result<IpAddr, ServiceProblem> {
     let value = s.requested.clone().ok_or(ServiceProblem::NoAddress)?;
-    value.trim().parse().map_err(|_| ServiceProblem::BadAddress { value })
+    let addr: IpAddr = value.trim().parse().map_err(|_| ServiceProblem::BadAddress { value })?;
+    match crate::config::unusable_vip(addr) {
+        Some(kind) => Err(ServiceProblem::UnusableAddress { addr, kind }),
+        None => Ok(addr),
+    }
 }
 
 /// The backends of one Service port, from its EndpointSlices.

@@ -4,5 +4,6 @@
 pub mod desired;
 pub mod held;
 pub mod objects;
+pub mod problem;
 pub mod report;
 pub mod watch;

@@ -7,6 +7,7 @@
 //! Comparing two projections also tells whether an event changed anything the agent
 //! reads (its own status writes come back as Service events that change nothing here).
 
+use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -17,7 +18,20 @@ use kube::ResourceExt;
 
 use crate::config::DEFAULT_AFFINITY_TIMEOUT_S;
 
-use super::desired::{ServiceKey, ADDRESS_ANNOTATION, PROGRESS_LABEL};
+pub const ADDRESS_ANNOTATION: &str = "lb-agent.io/load-balancer-ip";
+pub const PROGRESS_LABEL: &str = "progress";
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_DRAINING};
 
 use super::{flows, XdpDataplane, XdpError};
-use crate::dataplane::{ApplyReport, Dataplane, Maintenance, Programmed, SnapVip, Snapshot, VipFailure};
+use crate::dataplane::{error_chain, ApplyReport, Dataplane, Maintenance, Programmed, SnapVip, Snapshot, VipFailure};
 use crate::model::Vip;
 
 impl XdpDataplane {
@@ -45,21 +45,6 @@ impl XdpError {
     pub fn is_capacity(&self) -> bool {
         matches!(self, XdpError::VipCapacity { .. } | XdpError::BackendCapacity { .. })
     }
-}
-
-/// An error with its sources ("writing map VIPS: ...: Operation not permitted").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 impl Dataplane for XdpDataplane {
