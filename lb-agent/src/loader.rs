@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::xdp::{XdpLink, XdpLinkId};
+use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
@@ -25,6 +24,7 @@ pub const PROG_LB: &str = "lb_xdp";
 pub const PROG_PASS: &str = "xdp_pass";
 
 pub mod link;
+pub use link::attach_pinned;
 mod options;
 pub use options::LoadOptions;
 
@@ -341,47 +341,6 @@ impl Loaded {
     pub fn attach(&mut self, iface: &str, mode: XdpModeChoice) -> Result<XdpMode, LoadError> {
         attach_program(&mut self.ebpf, PROG_LB, iface, mode).map(|(m, _)| m)
     }
-}
-
-/// Attaches the balancer to `iface` through a pinned link (see `Loaded::attach_pinned`).
-pub fn attach_pinned(
-    ebpf: &mut Ebpf,
-    iface: &str,
-    mode: XdpModeChoice,
-    pin_dir: &Path,
-) -> Result<Attachment, LoadError> {
-    let path = link_path(pin_dir);
-    if path.exists() {
-        let stale = link::stale_reason(&path, iface);
-        match (stale, PinnedLink::from_pin(&path)) {
-            (None, Ok(pinned)) => match update_link(ebpf, pinned) {
-                Ok(()) => return Ok(Attachment::Replaced),
-                Err(e) => replace_pin(&path, iface, &e.to_string())?,
-            },
-            (Some(reason), _) => replace_pin(&path, iface, &reason)?,
-            (None, Err(e)) => replace_pin(&path, iface, &e.to_string())?,
-        }
-    }
-    let (mode, id) = attach_program(&mut *ebpf, PROG_LB, iface, mode)?;
-    let prog = xdp_mut(ebpf, PROG_LB)?;
-    let link = prog.take_link(id).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
-    let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
-    fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
-    Ok(Attachment::New(mode))
-}
-
-/// Swaps our program into a pinned link (`bpf_link_update`).
-fn update_link(ebpf: &mut Ebpf, pinned: PinnedLink) -> Result<(), LoadError> {
-    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
-    xdp_mut(ebpf, PROG_LB)?.attach_to_link(link).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
-    Ok(())
-}
-
-/// Unpins a pinned link that cannot be reused; the kernel frees it (detaching it from
-/// whatever interface it still held) once the last reference is gone.
-fn replace_pin(path: &Path, iface: &str, reason: &str) -> Result<(), LoadError> {
-    tracing::warn!(path = %path.display(), iface, reason, "pinned XDP link unusable: unpinned, replaced by a new link");
-    std::fs::remove_file(path).map_err(|source| LoadError::PinDir { path: path.into(), source })
 }
 
 /// Attaches one of the object's programs to `iface`.

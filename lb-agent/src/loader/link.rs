@@ -14,6 +14,13 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::Ebpf;
+
+use super::{attach_program, link_path, xdp_mut, Attachment, LoadError, PROG_LB};
+use crate::config::XdpModeChoice;
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_XDP: u32 = 6;
@@ -113,4 +120,45 @@ pub fn attached(path: &Path, iface: &str) -> Result<(), String> {
         Ok(None) => Err(format!("{} is not an XDP link", path.display())),
         Err(e) => Err(format!("reading the pinned XDP link {}: {e}", path.display())),
     }
+}
+
+/// Attaches the balancer to `iface` through a pinned link (see `Loaded::attach_pinned`).
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeChoice,
+    pin_dir: &Path,
+) -> Result<Attachment, LoadError> {
+    let path = link_path(pin_dir);
+    if path.exists() {
+        let stale = stale_reason(&path, iface);
+        match (stale, PinnedLink::from_pin(&path)) {
+            (None, Ok(pinned)) => match update_link(ebpf, pinned) {
+                Ok(()) => return Ok(Attachment::Replaced),
+                Err(e) => replace_pin(&path, iface, &e.to_string())?,
+            },
+            (Some(reason), _) => replace_pin(&path, iface, &reason)?,
+            (None, Err(e)) => replace_pin(&path, iface, &e.to_string())?,
+        }
+    }
+    let (mode, id) = attach_program(&mut *ebpf, PROG_LB, iface, mode)?;
+    let prog = xdp_mut(ebpf, PROG_LB)?;
+    let link = prog.take_link(id).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+    let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
+    fd.pin(&path).map_err(|source| LoadError::PinLink { path, source })?;
+    Ok(Attachment::New(mode))
+}
+
+/// Swaps our program into a pinned link (`bpf_link_update`).
+fn update_link(ebpf: &mut Ebpf, pinned: PinnedLink) -> Result<(), LoadError> {
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(LoadError::Link)?;
+    xdp_mut(ebpf, PROG_LB)?.attach_to_link(link).map_err(|source| LoadError::Program { name: PROG_LB, source })?;
+    Ok(())
+}
+
+/// Unpins a pinned link that cannot be reused; the kernel frees it (detaching it from
+/// whatever interface it still held) once the last reference is gone.
+fn replace_pin(path: &Path, iface: &str, reason: &str) -> Result<(), LoadError> {
+    tracing::warn!(path = %path.display(), iface, reason, "pinned XDP link unusable: unpinned, replaced by a new link");
+    std::fs::remove_file(path).map_err(|source| LoadError::PinDir { path: path.into(), source })
 }
