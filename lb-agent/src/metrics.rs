@@ -76,7 +76,12 @@ fn answer(
         match maps.and_then(|(m, meta)| inspect(&m, &meta, flow_idle).map_err(|e| e.to_string())) {
             Ok(i) => {
                 out.write_all(head("200 OK").as_bytes())?;
-                render_to(&i, &v, &mut out)?;
+                let written = render_to(&i, &v, &mut out);
+                drop(i);
+                // The reading of 100,000 backends is tens of MB, allocated on this worker
+                // thread's own heap arena: given back now, not kept until the next scrape.
+                crate::mem::give_back_free_memory();
+                written?;
             }
             Err(e) => writeln!(out, "{}reading the maps: {e}", head("500 Internal Server Error"))?,
         }
