@@ -201,6 +201,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             format!("XDP on {iface} (pinned link)")
         }
     };
+    agent.attached = true;
+    agent.ready_if_done();
     let result = agent.serve(&opts).await;
     // The program stays attached through its pinned link; dropping our handles is all.
     drop(ebpf);

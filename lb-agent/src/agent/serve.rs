@@ -50,6 +50,11 @@ pub struct Agent<D: Dataplane> {
     users: Users,
     pending: Pending,
     failures: Failures,
+    /// The program runs on the interface: only then is the agent ready (the first sync
+    /// runs before, so that the program never starts on empty maps).
+    pub attached: bool,
+    /// A sync has succeeded.
+    synced: bool,
     /// New or changed entries of the neighbour table.
     macs: mpsc::Receiver<Vec<(IpAddr, [u8; 6])>>,
 }
@@ -77,6 +82,8 @@ impl<D: Dataplane> Agent<D> {
             users: Users::default(),
             pending: Pending { all: true, vips: BTreeSet::new() },
             failures: Failures::default(),
+            attached: false,
+            synced: false,
             macs,
         }
     }
@@ -280,16 +287,26 @@ impl<D: Dataplane> Agent<D> {
         v.vip_capacity_failures = self.failures.capacity_count() as u64;
         v.sync_failing = error.is_some();
         match error {
-            None if !v.ready => {
-                v.ready = true;
-                crate::mem::give_back_free_memory();
-                info!(rss_mib = crate::mem::rss_mib(), "ready: first sync done");
+            None => {
+                self.synced = true;
+                drop(v);
+                self.ready_if_done();
             }
-            None => {}
             Some(e) => {
                 v.sync_errors += 1;
                 warn!(error = %e, "sync failed; retrying");
             }
+        }
+    }
+
+    /// Ready once the first sync succeeded and the program runs on the interface.
+    pub fn ready_if_done(&mut self) {
+        let mut v = self.view.lock().expect("view lock");
+        if self.synced && self.attached && !v.ready {
+            v.ready = true;
+            drop(v);
+            crate::mem::give_back_free_memory();
+            info!(rss_mib = crate::mem::rss_mib(), "ready: first sync done");
         }
     }
 
