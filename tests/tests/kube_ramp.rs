@@ -72,6 +72,19 @@ async fn ramp(lab: &Lab) -> Result<()> {
     ensure!(shares[0] < 0.05, "at progress 0 the new pod gets (almost) nothing: {levels:?}");
     let last = *shares.last().unwrap();
     ensure!((last - 0.25).abs() < 0.06, "at full weight a quarter: {levels:?}");
+
+    // Session affinity cannot be turned on while the VIP is live (established
+    // connections would move): the Service is told so, and keeps serving as it was.
+    let patch = json!({"spec": {"sessionAffinity": "ClientIP"}});
+    Api::<Service>::namespaced(admin.clone(), "web")
+        .patch("echo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await?;
+    until("a ChangeRefused Warning on echo", Duration::from_secs(15), || async {
+        Ok(event_reasons(&admin, "echo").await?.iter().any(|r| r == "ChangeRefused"))
+    })
+    .await
+    .with_context(|| agent.log_text())?;
+    ensure!(split(&tcp_backends(lab, vip_sock(TCP_PORT), 200)?).len() == 4, "echo still serves all four");
     Ok(())
 }
 

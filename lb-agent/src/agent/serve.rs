@@ -226,7 +226,7 @@ impl<D: Dataplane> Agent<D> {
     pub async fn sync_pending(&mut self, opts: &RunOptions) -> Result<(), AgentError> {
         if self.pending.is_empty() {
             // A Service can change without touching a VIP (a new problem): report it.
-            self.report(None, &BTreeSet::new(), &plan::Plan::default(), &[]);
+            self.report(None, &BTreeSet::new(), &plan::Plan::default(), &[], &[]);
             return Ok(());
         }
         let scope = std::mem::take(&mut self.pending);
@@ -248,13 +248,13 @@ impl<D: Dataplane> Agent<D> {
                     info!(%vip, "VIP applied after an earlier failure");
                 }
                 self.record(None, started);
-                self.report(None, &tried, &plan, &changes.new);
+                self.report(None, &tried, &plan, &changes.new, &report.notices);
                 Ok(())
             }
             Err(e) => {
                 self.pending.all = true;
                 self.record(Some(&e), started);
-                self.report(Some(e.to_string()), &BTreeSet::new(), &plan::Plan::default(), &[]);
+                self.report(Some(e.to_string()), &BTreeSet::new(), &plan::Plan::default(), &[], &[]);
                 match e {
                     AgentError::Dataplane(_) => Err(e),
                     _ => Ok(()),
@@ -263,7 +263,14 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    fn report(&mut self, error: Option<String>, tried: &BTreeSet<Vip>, plan: &plan::Plan, new: &[VipFailure]) {
+    fn report(
+        &mut self,
+        error: Option<String>,
+        tried: &BTreeSet<Vip>,
+        plan: &plan::Plan,
+        new: &[VipFailure],
+        notices: &[(Vip, String)],
+    ) {
         let outcome = Outcome {
             mode: &self.mode,
             error,
@@ -274,6 +281,7 @@ impl<D: Dataplane> Agent<D> {
             effective: &plan.effective,
             events: &plan.events,
             new_failures: new,
+            notices,
         };
         self.source.report(&outcome);
     }

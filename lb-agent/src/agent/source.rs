@@ -55,6 +55,8 @@ pub struct Outcome<'a, D: Dataplane> {
     pub events: &'a [Event],
     /// Failures new in this sync (Warning Events).
     pub new_failures: &'a [VipFailure],
+    /// Parts of changes refused in this sync (Warning Events).
+    pub notices: &'a [(Vip, String)],
 }
 
 impl Source {
@@ -128,6 +130,11 @@ impl Source {
             if k.held.get(vip) != Some(&now) || flows_changed {
                 k.held.insert(*vip, now);
                 k.changed.extend(k.state.owner(vip).cloned());
+            }
+        }
+        for (vip, why) in o.notices {
+            if let Some(owner) = k.state.owner(vip) {
+                k.report.send(Report::Warning(owner.clone(), "ChangeRefused", why.clone()));
             }
         }
         for f in o.new_failures {

@@ -83,6 +83,9 @@ pub struct ApplyReport {
     /// VIPs left as they were (a new one: not programmed at all), each with why. The
     /// others were applied regardless.
     pub failed: Vec<VipFailure>,
+    /// Parts of a change refused while the rest of the VIP was applied (e.g. turning
+    /// session affinity on a live VIP), each with why.
+    pub notices: Vec<(Vip, String)>,
 }
 
 impl ApplyReport {

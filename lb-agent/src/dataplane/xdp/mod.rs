@@ -203,7 +203,9 @@ impl XdpDataplane {
         };
         let mut meta = state.meta;
         meta.id = state.id;
-        meta.affinity_timeout_s = affinity_timeout(vip, &state.meta, wanted, is_new);
+        let (timeout, refused) = affinity_timeout(vip, &state.meta, wanted, is_new);
+        meta.affinity_timeout_s = timeout;
+        report.notices.extend(refused.map(|why| (vip, why)));
         // Only the VIP's family's ranges can match; a list with none of them admits no one.
         let ranges: BTreeSet<ipnet::IpNet> =
             wanted.source_ranges.iter().filter(|n| n.addr().is_ipv4() == vip.addr.is_ipv4()).copied().collect();
@@ -316,20 +318,19 @@ impl XdpDataplane {
 /// the hash would change for every flow (with affinity it leaves the ports out) and
 /// established connections would move. Such a change is refused with a log line and the
 /// VIP keeps its mode; removing the VIP and adding it again applies it.
-fn affinity_timeout(vip: Vip, live: &VipMeta, wanted: &SnapVip, is_new: bool) -> u32 {
+fn affinity_timeout(vip: Vip, live: &VipMeta, wanted: &SnapVip, is_new: bool) -> (u32, Option<String>) {
     let was = live.flags & VIP_F_AFFINITY != 0;
     let want = wanted.affinity_timeout_s > 0;
     if is_new || was == want {
-        return wanted.affinity_timeout_s;
+        return (wanted.affinity_timeout_s, None);
     }
-    tracing::warn!(
-        %vip,
-        field = "session_affinity",
-        kept = if was { "ClientIP" } else { "None" },
-        "session affinity cannot be turned on or off while the VIP is live (established connections would \
-         move to other backends); the VIP keeps its mode: remove the VIP and add it again to change it"
+    let kept = if was { "ClientIP" } else { "None" };
+    let why = format!(
+        "VIP {vip}: session affinity cannot be turned on or off while the VIP is live (established connections \
+         would move to other backends); it stays {kept}: remove the VIP and add it again to change it"
     );
-    live.affinity_timeout_s
+    tracing::warn!(%vip, field = "session_affinity", kept, "{why}");
+    (live.affinity_timeout_s, Some(why))
 }
 
 /// A digest of a VIP's input (kept instead of the input itself: 8 bytes per VIP rather
