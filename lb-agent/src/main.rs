@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lb_agent::agent::{self, AgentError, RunOptions};
 use lb_agent::config::{self, parse_duration, ConfigError, FieldError, Problem, XdpModeChoice};
-use lb_agent::loader::LoadOptions;
+use lb_agent::dataplane::xdp::loader::LoadOptions;
 use lb_agent::ramp::{DrainPolicy, RampPolicy};
 use lb_common::{maglev::is_prime, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
 

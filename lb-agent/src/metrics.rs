@@ -13,8 +13,8 @@ use std::io::Write as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::inspect::{inspect, Inspection};
-use crate::loader::Maps;
+use crate::dataplane::xdp::loader::Maps;
+use crate::dataplane::xdp::read::{inspect, Inspection};
 use crate::view::{unix_ms, AgentView, SharedView};
 
 /// Binds `addr` and serves in the background. `flow_idle` (`--flow-idle-timeout`): flows
@@ -112,7 +112,7 @@ fn help(out: &mut impl std::fmt::Write, name: &str, kind: &str, text: &str) {
 }
 
 /// A per-backend series: name, type, help text, value.
-type Series = (&'static str, &'static str, &'static str, fn(&crate::inspect::BackendInfo) -> u64);
+type Series = (&'static str, &'static str, &'static str, fn(&crate::dataplane::xdp::read::BackendInfo) -> u64);
 
 /// Text written through in 64 KiB pieces (the first write error is kept).
 struct Sink<'a, W: std::io::Write> {

@@ -186,7 +186,7 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     /// Opens the maps an agent pinned under `pin_dir` (`<root>/<iface>`).
     pub fn open(pin_dir: &Path) -> Result<PinnedMaps> {
-        let dir = lb_agent::loader::maps_dir(pin_dir);
+        let dir = lb_agent::dataplane::xdp::loader::maps_dir(pin_dir);
         let data = |name: &str| MapData::from_pin(dir.join(name)).with_context(|| format!("pinned map {name}"));
         Ok(PinnedMaps {
             vips: Map::HashMap(data(MAP_VIPS)?).try_into()?,
@@ -207,7 +207,7 @@ impl PinnedMaps {
     }
     /// Packets counted for a verdict reason.
     pub fn reason(&self, index: u32) -> Result<u64> {
-        Ok(lb_agent::stats::read(&self.reasons, index)?.packets)
+        Ok(lb_agent::dataplane::xdp::counters::read(&self.reasons, index)?.packets)
     }
     /// The active backends with their ids.
     pub fn backend_list(&self) -> Result<Vec<(u32, Backend)>> {
@@ -235,6 +235,6 @@ impl PinnedMaps {
 
     /// Packets, bytes and new flows a backend id was sent.
     pub fn backend_counter(&self, id: u32) -> Result<Traffic> {
-        Ok(lb_agent::stats::traffic(&self.backend_stats, id)?)
+        Ok(lb_agent::dataplane::xdp::counters::traffic(&self.backend_stats, id)?)
     }
 }

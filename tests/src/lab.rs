@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use lb_agent::config::XdpModeChoice;
-use lb_agent::loader::{self, LoadOptions, PROG_PASS};
+use lb_agent::dataplane::xdp::loader::{self, LoadOptions, PROG_PASS};
 
 use crate::netns::{ip, run_in, sh, sysctl};
 

@@ -372,7 +372,7 @@ fn metrics_endpoint_serves_health_readiness_and_counters() {
     let (code, _) = http_get(&lab, port, "/nosuch").unwrap();
     assert_eq!(code, 404);
     // A program that is no longer attached is no health: /healthz says so and why.
-    let link = lb_agent::loader::link_path(&agent.pin_dir);
+    let link = lb_agent::dataplane::xdp::loader::link_path(&agent.pin_dir);
     let out = std::process::Command::new("bpftool").args(["link", "detach", "pinned"]).arg(&link).output().unwrap();
     assert!(out.status.success(), "bpftool link detach: {}", String::from_utf8_lossy(&out.stderr));
     let body = wait_for(&lab, port, "/healthz", 503).unwrap();

@@ -1,15 +1,15 @@
 //! The XDP program run through BPF_PROG_TEST_RUN on hand-built frames: a table of
 //! (frame -> verdict, output bytes, counters), with the backend for every forwarded
-//! frame predicted by `lb_agent::explain` (the userspace copy of the kernel's choice).
+//! frame predicted by `lb_agent::dataplane::xdp::explain` (the userspace copy of the kernel's choice).
 
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
+use lb_agent::dataplane::xdp::explain::{explain, Query, Reason};
+use lb_agent::dataplane::xdp::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::dataplane::xdp::XdpDataplane;
 use lb_agent::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
-use lb_agent::explain::{explain, Query, Reason};
-use lb_agent::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::model::Vip;
 use lb_common::stats::{Reason as R, REASON_COUNT, REASON_NAMES};
 use lb_tests::frames::{self, Frame, ACK, ICMP, LB_MAC, SYN, TCP, UDP};
@@ -82,10 +82,10 @@ impl Lab {
 
     fn counters(&self) -> Vec<u64> {
         let m = &self.dp.maps().reasons;
-        (0..REASON_COUNT).map(|i| lb_agent::stats::read(m, i).unwrap().packets).collect()
+        (0..REASON_COUNT).map(|i| lb_agent::dataplane::xdp::counters::read(m, i).unwrap().packets).collect()
     }
 
-    fn predict(&self, f: &Frame, v: &str) -> lb_agent::explain::Explanation {
+    fn predict(&self, f: &Frame, v: &str) -> lb_agent::dataplane::xdp::explain::Explanation {
         let q = Query { src: f.src, src_port: f.sport, vip: vip(v), syn: f.proto == TCP && f.tcp_flags == SYN };
         explain(self.dp.maps(), SEED, &q).unwrap()
     }

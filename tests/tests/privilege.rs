@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use aya::maps::MapError;
 use lb_agent::config::XdpModeChoice;
-use lb_agent::loader::Maps;
+use lb_agent::dataplane::xdp::loader::Maps;
 use lb_common::{TableEntry, VipMeta};
 use lb_tests::agent::{agent_binary, Agent};
 use lb_tests::caps;

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::AgentError;
 use crate::config::{FieldError, Problem};
-use crate::loader::{LoadError, Maps};
+use crate::dataplane::xdp::loader::{LoadError, Maps};
 use crate::model::{addr_from_bytes, Vip};
 use crate::netlink::{Netlink, NetlinkError};
 

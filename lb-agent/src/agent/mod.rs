@@ -23,10 +23,10 @@ use tracing::{info, warn};
 pub use cleanup::cleanup;
 
 use crate::config::{Config, FieldError, Problem, RawVip};
+use crate::dataplane::xdp::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
 use crate::dataplane::xdp::{carry, XdpDataplane};
 use crate::k8s::report;
 use crate::k8s::watch::{KubeSource, WatchOptions};
-use crate::loader::{self, Attachment, LoadError, LoadOptions, MapsOrigin};
 use crate::model::Desired;
 use crate::netlink::{self, Link, Netlink, NetlinkError};
 use crate::ramp::{DrainPolicy, RampPolicy};

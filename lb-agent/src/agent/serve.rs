@@ -184,8 +184,8 @@ impl<D: Dataplane> Agent<D> {
     /// Notes that the loop turns, and whether the program is still attached.
     fn heartbeat(&mut self, opts: &RunOptions) {
         let iface = &opts.config.iface;
-        let link = crate::loader::link_path(&opts.pin_root.join(iface));
-        let detached = crate::loader::link::attached(&link, iface).err();
+        let link = crate::dataplane::xdp::loader::link_path(&opts.pin_root.join(iface));
+        let detached = crate::dataplane::xdp::loader::link::attached(&link, iface).err();
         let mut v = self.view.lock().expect("view lock");
         if detached.is_some() && v.detached != detached {
             warn!(problem = detached.as_deref().unwrap_or_default(), "data path not in place");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use lb_common::{BACKEND_F_PRESENT, NO_BACKEND};
 
 use super::{print, CliError, PinArgs};
-use crate::explain::{explain, Explanation, Query};
-use crate::loader::Maps;
+use crate::dataplane::xdp::explain::{explain, Explanation, Query};
+use crate::dataplane::xdp::loader::Maps;
 use crate::model::{addr_from_bytes, Vip};
 
 #[derive(clap::Args, Debug, Clone)]

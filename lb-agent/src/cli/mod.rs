@@ -15,8 +15,8 @@ use aya::maps::MapError;
 use lb_common::{Meta, MAP_META};
 
 use crate::config::parse_duration;
-use crate::inspect::{inspect, Inspection};
-use crate::loader::{maps_dir, LoadError, Maps};
+use crate::dataplane::xdp::loader::{maps_dir, LoadError, Maps};
+use crate::dataplane::xdp::read::{inspect, Inspection};
 
 /// The JSON document `status -o json` prints, for programs that read it back
 /// (`text.parse::<StatusJson>()`, then index it: `doc["vips"][0]["vip"]`).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::table::Table;
 use super::{duration, human_secs, print, CliError, PinArgs};
-use crate::inspect::{BackendInfo, Inspection, VipInfo};
+use crate::dataplane::xdp::read::{BackendInfo, Inspection, VipInfo};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -130,7 +130,7 @@ fn verdicts(insp: &Inspection) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::Counts;
+    use crate::dataplane::xdp::read::Counts;
 
     fn backend(addr: &str, weight: u32, progress: u32, draining: bool, active: bool) -> BackendInfo {
         BackendInfo {

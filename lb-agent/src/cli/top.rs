@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::status::state;
 use super::table::Table;
 use super::{duration, human_bytes, print, CliError, PinArgs};
-use crate::inspect::{Counts, Inspection};
+use crate::dataplane::xdp::read::{Counts, Inspection};
 
 /// Clears the terminal and moves the cursor home.
 const CLEAR: &str = "\x1b[2J\x1b[H";
@@ -139,7 +139,7 @@ fn verdicts(before: &Inspection, now: &Inspection, secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::{BackendInfo, VipInfo};
+    use crate::dataplane::xdp::read::{BackendInfo, VipInfo};
 
     fn reading(packets: u64, progress: u32, draining: bool) -> Inspection {
         let traffic = Counts { packets, bytes: packets * 100, new_flows: packets / 10 };

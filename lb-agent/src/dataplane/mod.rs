@@ -4,7 +4,6 @@
 
 #[cfg(test)]
 pub mod fake;
-pub mod table;
 pub mod xdp;
 
 use std::collections::BTreeMap;

@@ -93,7 +93,7 @@ fn main() -> Result<()> {
     let mut status = lb_tests::netns::command_in(&lab.lb(), &lb_tests::agent::agent_binary()?)?;
     let out = status.args(["status", "--iface", "eth0", "--pin-root"]).arg(&agent.pin_root).output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let vips = lb_agent::loader::maps_dir(&agent.pin_dir).join(lb_common::MAP_VIPS);
+    let vips = lb_agent::dataplane::xdp::loader::maps_dir(&agent.pin_dir).join(lb_common::MAP_VIPS);
     println!("\n$ bpftool map dump pinned {}   (first entry)", vips.display());
     match lb_tests::netns::sh("bpftool", &["map", "dump", "pinned", &vips.to_string_lossy()]) {
         Ok(out) => out.lines().take(20).for_each(|l| println!("{l}")),

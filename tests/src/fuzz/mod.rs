@@ -1,7 +1,7 @@
 //! Fuzzing the XDP program: a frame generator (`gen`, `mutate`, `wire`) and an oracle
 //! (`oracle`) written from the issue 8 decision order, byte offsets and RFC field
 //! meanings only. Neither calls lb-common's parsing, hashing or Maglev code, nor
-//! `lb_agent::explain`: the only shared piece is the numbering of the reasons, which is
+//! `lb_agent::dataplane::xdp::explain`: the only shared piece is the numbering of the reasons, which is
 //! the contract itself.
 //!
 //! `World` is the configuration both sides see: the test turns it into an agent

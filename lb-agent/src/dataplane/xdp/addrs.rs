@@ -9,7 +9,7 @@ use aya::maps::MapError;
 use ipnet::IpNet;
 use lb_common::{hash, AddrKey, SrcRangeKey, VIP_FILTER_WORDS};
 
-use crate::loader::Maps;
+use crate::dataplane::xdp::loader::Maps;
 use crate::model::{addr_bytes, family};
 
 /// Which addresses are some VIP's, and the filter words derived from them.

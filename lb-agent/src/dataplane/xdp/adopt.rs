@@ -9,7 +9,7 @@ use std::time::Instant;
 use lb_common::{Backend, BACKEND_F_DRAINING, BACKEND_F_PRESENT};
 
 use super::{BackendState, VipState, XdpDataplane, XdpError};
-use crate::loader::{LoadOptions, Maps};
+use crate::dataplane::xdp::loader::{LoadOptions, Maps};
 use crate::model::{addr_from_bytes, Vip};
 
 /// A backend found in adopted maps, with what the ramp needs to continue.

@@ -10,7 +10,7 @@ use std::path::Path;
 use lb_common::NO_BACKEND;
 
 use super::{AdoptedBackend, XdpDataplane, XdpError};
-use crate::loader::{LoadOptions, Maps};
+use crate::dataplane::xdp::loader::{LoadOptions, Maps};
 use crate::model::Vip;
 
 /// The data plane an earlier agent left under `pin_dir`, if it was written with other

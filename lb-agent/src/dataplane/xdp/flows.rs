@@ -18,9 +18,9 @@ use lb_common::{
 };
 
 use super::{XdpDataplane, XdpError};
+use crate::dataplane::xdp::pins::NewPins;
 use crate::dataplane::{Census, Maintenance};
 use crate::model::{addr_bytes, addr_from_bytes, family, Vip};
-use crate::pins::NewPins;
 
 /// CLOCK_MONOTONIC_COARSE, the clock of the kernel's `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_coarse_ns() -> u64 {

@@ -10,8 +10,15 @@ mod addrs;
 mod adopt;
 mod apply;
 pub mod carry;
+pub mod counters;
+pub mod explain;
 mod flows;
 mod ids;
+pub mod loader;
+pub mod pins;
+pub mod read;
+pub mod tables;
+mod transition;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -28,8 +35,8 @@ pub use adopt::AdoptedBackend;
 pub use flows::monotonic_coarse_ns;
 use ids::IdPool;
 
-use super::{table, ApplyReport, SnapBackend, SnapVip};
-use crate::loader::{LoadOptions, Maps};
+use super::{ApplyReport, SnapBackend, SnapVip};
+use crate::dataplane::xdp::loader::{LoadOptions, Maps};
 use crate::model::{addr_bytes, family, Vip};
 
 #[derive(Debug, thiserror::Error)]
@@ -194,11 +201,11 @@ impl XdpDataplane {
             .map(|(_, b)| b.id)
             .collect();
         let next: Option<Vec<TableEntry>> = if is_new {
-            Some(table::fresh_entries(&assigned))
+            Some(transition::fresh_entries(&assigned))
         } else {
             let live =
                 self.maps.tables.read(state.id, state.meta.half).map_err(|source| XdpError::Table { vip, source })?;
-            let next = table::next_entries(&live, &assigned, |id| removed.contains(&id));
+            let next = transition::next_entries(&live, &assigned, |id| removed.contains(&id));
             (next != live).then_some(next)
         };
         let mut meta = state.meta;

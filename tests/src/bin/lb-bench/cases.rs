@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use anyhow::Result;
-use lb_agent::explain::Reason;
-use lb_agent::loader::{PROG_LB, PROG_PASS};
+use lb_agent::dataplane::xdp::explain::Reason;
+use lb_agent::dataplane::xdp::loader::{PROG_LB, PROG_PASS};
 use lb_agent::model::Vip;
 use lb_common::stats::Reason as R;
 use lb_tests::frames::{Frame, ACK, SYN, TCP};

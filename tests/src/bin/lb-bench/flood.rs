@@ -187,12 +187,12 @@ fn mac(ns: &str) -> Result<[u8; 6]> {
 
 /// Counts the entries of a pinned flow table, and those of VIP id `b_id`.
 fn occupancy(agent: &Agent, name: &str, b_id: u32) -> Result<Occupancy> {
-    let path = lb_agent::loader::maps_dir(&agent.pin_dir).join(name);
+    let path = lb_agent::dataplane::xdp::loader::maps_dir(&agent.pin_dir).join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("pinned map {name}"))?;
     let capacity = data.info()?.max_entries();
     let keys: Vec<FlowKey> = if name == MAP_FLOWS_NEW {
         // Direct-mapped, each pin in two slots: count distinct keys.
-        let pins = lb_agent::pins::NewPins::new(data, capacity);
+        let pins = lb_agent::dataplane::xdp::pins::NewPins::new(data, capacity);
         let mut keys: Vec<FlowKey> = pins.all()?.into_iter().map(|(k, _)| k).collect();
         keys.sort_by_key(|k| (k.src_addr, k.vip_id, k.src_port_be));
         keys.dedup();

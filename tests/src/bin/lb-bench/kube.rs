@@ -434,7 +434,7 @@ fn milestones(log: &str, start: SystemTime) -> Milestones {
 }
 
 fn open_vips(pin_dir: &Path) -> Result<BpfHashMap<MapData, VipKey, VipMeta>> {
-    let path = lb_agent::loader::maps_dir(pin_dir).join(MAP_VIPS);
+    let path = lb_agent::dataplane::xdp::loader::maps_dir(pin_dir).join(MAP_VIPS);
     let data = MapData::from_pin(&path).with_context(|| format!("pinned map {}", path.display()))?;
     Ok(Map::HashMap(data).try_into()?)
 }

@@ -149,7 +149,7 @@ fn method(plan: &Plan, s: &Setup) -> String {
          `XdpDataplane::apply` exactly as the agent does: one IPv4 TCP VIP ({}) with {BACKENDS} backends of weight 10, \
          a Maglev table of {TABLE_SIZE} slots. Backend 10.0.0.1's weight then goes 10 → 40, which leaves {} slots ({:.1} %) \
          in transition (current backend ≠ previous backend). Frames are {} bytes (Ethernet, IPv4, TCP, 5 bytes of \
-         payload); each case's frame is picked with `lb_agent::explain` so it takes the path it names. The measuring \
+         payload); each case's frame is picked with `lb_agent::dataplane::xdp::explain` so it takes the path it names. The measuring \
          thread is pinned to one CPU.",
         s.vip,
         s.changed_slots,

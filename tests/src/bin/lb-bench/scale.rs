@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use aya::Ebpf;
+use lb_agent::dataplane::xdp::loader::{self, LoadOptions};
 use lb_agent::dataplane::xdp::XdpDataplane;
 use lb_agent::dataplane::{ApplyReport, Dataplane, SnapBackend, SnapVip, Snapshot};
-use lb_agent::loader::{self, LoadOptions};
 use lb_agent::model::{addr_bytes, Protocol, Vip};
 use lb_common::maglev::{self, Member};
 use lb_common::{TableEntry, NO_BACKEND, TABLE_HALVES};

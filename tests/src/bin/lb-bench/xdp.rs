@@ -1,5 +1,5 @@
 //! The harness: the XDP program loaded and programmed through `XdpDataplane::apply`
-//! (one IPv4 TCP VIP with ten backends), frames picked with `lb_agent::explain`, and
+//! (one IPv4 TCP VIP with ten backends), frames picked with `lb_agent::dataplane::xdp::explain`, and
 //! BPF_PROG_TEST_RUN calls whose verdict and counters are checked, so a figure is only
 //! reported for the path it names (e.g. "changed slot" really consulted the flow table).
 
@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use anyhow::{ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
+use lb_agent::dataplane::xdp::explain::{explain, Explanation, Query, Reason};
+use lb_agent::dataplane::xdp::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::dataplane::xdp::XdpDataplane;
 use lb_agent::dataplane::{Dataplane, SnapBackend, SnapVip, Snapshot};
-use lb_agent::explain::{explain, Explanation, Query, Reason};
-use lb_agent::loader::{self, LoadOptions, PROG_LB};
 use lb_agent::model::{Protocol, Vip};
 use lb_common::stats::{REASON_COUNT, REASON_NAMES};
 use lb_tests::frames::{Frame, LB_MAC, SYN, TCP};
@@ -123,7 +123,7 @@ impl Bench {
 
     fn counters(&self) -> Result<Vec<u64>> {
         let m = &self.dp.maps().reasons;
-        (0..REASON_COUNT).map(|i| Ok(lb_agent::stats::read(m, i)?.packets)).collect()
+        (0..REASON_COUNT).map(|i| Ok(lb_agent::dataplane::xdp::counters::read(m, i)?.packets)).collect()
     }
 
     /// Runs `body`, which sends `packets` packets, and checks that exactly `want`'s

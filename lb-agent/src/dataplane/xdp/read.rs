@@ -13,10 +13,10 @@ use lb_common::{
 };
 use serde::Serialize;
 
+use crate::dataplane::xdp::counters;
+use crate::dataplane::xdp::loader::Maps;
 use crate::dataplane::xdp::monotonic_coarse_ns;
-use crate::loader::Maps;
 use crate::model::{addr_from_bytes, Vip};
-use crate::stats;
 
 /// Packets, bytes and new flows (new flows: TCP SYNs; 0 for verdict reasons).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub fn inspect(maps: &Maps, meta: &Meta, flow_idle: Duration) -> Result<Inspecti
                     target_weight: b.target_weight,
                     progress: b.progress,
                     since_unix_ms: b.since_unix_ms,
-                    traffic: stats::traffic(&maps.backend_stats, id)?.into(),
+                    traffic: counters::traffic(&maps.backend_stats, id)?.into(),
                     live_flows: live_by_backend.get(&id).copied().unwrap_or(0),
                 })
             })
@@ -139,13 +139,13 @@ pub fn inspect(maps: &Maps, meta: &Meta, flow_idle: Duration) -> Result<Inspecti
             vip: vip.to_string(),
             id: vm.id,
             affinity_timeout_s: if vm.flags & VIP_F_AFFINITY != 0 { vm.affinity_timeout_s } else { 0 },
-            traffic: stats::traffic(&maps.vip_stats, vm.id)?.into(),
+            traffic: counters::traffic(&maps.vip_stats, vm.id)?.into(),
             backends,
             changed_slots,
         });
     }
     vips.sort_by(|a, b| a.vip.cmp(&b.vip));
-    let reasons = stats::reasons(&maps.reasons)?.into_iter().map(|(n, c)| (n.to_string(), c.into())).collect();
+    let reasons = counters::reasons(&maps.reasons)?.into_iter().map(|(n, c)| (n.to_string(), c.into())).collect();
     Ok(Inspection {
         table_size: meta.table_size,
         hash_seed: meta.hash_seed,

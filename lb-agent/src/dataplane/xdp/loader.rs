@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::config::XdpModeChoice;
-use crate::tables::TableMem;
+use crate::dataplane::xdp::tables::TableMem;
 
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -55,7 +55,8 @@ pub fn read_pinned_meta(dir: &Path) -> Result<Option<Meta>, LoadError> {
     if !path.exists() {
         return Ok(None);
     }
-    let map = crate::pins::open_read_only(&path).map_err(|source| LoadError::Map { name: MAP_META, source })?;
+    let map = crate::dataplane::xdp::pins::open_read_only(&path)
+        .map_err(|source| LoadError::Map { name: MAP_META, source })?;
     let meta: Array<MapData, Meta> =
         Map::Array(map).try_into().map_err(|source| LoadError::Map { name: MAP_META, source })?;
     meta.get(&0, 0).map(Some).map_err(|source| LoadError::Map { name: MAP_META, source })
@@ -112,7 +113,7 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub tables: TableMem,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    pub flows_new: crate::pins::NewPins,
+    pub flows_new: crate::dataplane::xdp::pins::NewPins,
     pub vip_addrs: HashMap<MapData, AddrKey, u32>,
     pub vip_filter: Array<MapData, u64>,
     pub src_ranges: LpmTrie<MapData, SrcRangeKey, u32>,
@@ -144,7 +145,8 @@ impl Maps {
         let meta = read_pinned_meta(&dir)?.ok_or(LoadError::MissingMap { name: MAP_META })?;
         let open = |name: &'static str| {
             let path = dir.join(name);
-            let map = if writable { MapData::from_pin(&path) } else { crate::pins::open_read_only(&path) };
+            let map =
+                if writable { MapData::from_pin(&path) } else { crate::dataplane::xdp::pins::open_read_only(&path) };
             map.map_err(|source| LoadError::Map { name, source })
         };
         let open_for_mmap =
@@ -173,7 +175,7 @@ impl Maps {
                 TableMem::map_read_only(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size)
             },
             flows: typed!(LruHashMap, MAP_FLOWS),
-            flows_new: crate::pins::NewPins::new(open_for_mmap(MAP_FLOWS_NEW)?, opts.new_flows()),
+            flows_new: crate::dataplane::xdp::pins::NewPins::new(open_for_mmap(MAP_FLOWS_NEW)?, opts.new_flows()),
             vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),
             vip_filter: typed!(Array, MAP_VIP_FILTER),
             src_ranges: typed!(LpmTrie, MAP_SRC_RANGES),
@@ -300,7 +302,7 @@ fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, LoadError> {
         backends: typed!(MAP_BACKENDS),
         tables: TableMem::map(tables, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
         flows: typed!(MAP_FLOWS),
-        flows_new: crate::pins::NewPins::new(flows_new, opts.new_flows()),
+        flows_new: crate::dataplane::xdp::pins::NewPins::new(flows_new, opts.new_flows()),
         vip_addrs: typed!(MAP_VIP_ADDRS),
         vip_filter: typed!(MAP_VIP_FILTER),
         src_ranges: typed!(MAP_SRC_RANGES),

@@ -11,8 +11,8 @@ use lb_common::{
     FLOW_F_MOVED, NO_BACKEND, SRC_RANGE_FULL_PREFIX, VIP_F_AFFINITY, VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
 };
 
+use crate::dataplane::xdp::loader::Maps;
 use crate::dataplane::xdp::monotonic_coarse_ns;
-use crate::loader::Maps;
 use crate::model::{addr_bytes, family, Protocol, Vip};
 
 /// A flow to explain.
