@@ -10,7 +10,7 @@ use lb_agent::agent::{self, AgentError, RunOptions};
 use lb_agent::config::{self, parse_duration, ConfigError, FieldError, Problem, XdpModeChoice};
 use lb_agent::dataplane::xdp::loader::LoadOptions;
 use lb_agent::ramp::{DrainPolicy, RampPolicy};
-use lb_common::{maglev::is_prime, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
+use lb_common::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
 
 /// EX_USAGE: bad input (a flag, a config field, an interface that does not exist).
 const EXIT_USAGE: u8 = 64;
@@ -103,7 +103,8 @@ struct RunArgs {
     /// Prometheus /metrics, /healthz, /readyz (ADDRESS:PORT, or off).
     #[arg(long, env = "LB_METRICS_ADDR", default_value = "127.0.0.1:9477", value_parser = metrics_addr)]
     metrics_addr: MetricsAddr,
-    /// Maglev table size per VIP (a prime, at least 100 x the largest backend count).
+    /// The largest Maglev table a VIP gets: 256, 1024, 8192 or 65536. Each VIP's table
+    /// is the smallest of these with 100 slots a backend, up to this.
     #[arg(long, env = "LB_TABLE_SIZE", default_value_t = DEFAULT_TABLE_SIZE)]
     table_size: u32,
     #[arg(long, env = "LB_MAX_VIPS", default_value_t = DEFAULT_MAX_VIPS)]
@@ -257,8 +258,8 @@ fn options(
     let flag_vips = config::group_flags(&vips, &backends)?;
     let file = cli.config.as_deref().map(config::read_file).transpose()?;
     let config = config::build(cli.iface.clone(), cli.xdp_mode, flag_vips.clone(), file.as_ref())?;
-    if !is_prime(cli.table_size) || cli.table_size < 3 {
-        return Err(FieldError::new("--table-size", cli.table_size.to_string(), Problem::NotPrime).into());
+    if lb_common::table_class(cli.table_size).is_none() {
+        return Err(FieldError::new("--table-size", cli.table_size.to_string(), Problem::TableSize).into());
     }
     for (flag, v) in
         [("--max-vips", cli.max_vips), ("--max-backends", cli.max_backends), ("--max-flows", cli.max_flows)]
@@ -267,7 +268,7 @@ fn options(
             return Err(FieldError::new(flag, "0", Problem::Zero).into());
         }
     }
-    if (cli.max_vips as u64) * 2 * (cli.table_size as u64) > u32::MAX as u64 {
+    if cli.max_vips > 1 << 20 {
         return Err(FieldError::new("--max-vips", cli.max_vips.to_string(), Problem::TooLarge).into());
     }
     for (flag, d) in [("--ramp-interval", cli.ramp_interval), ("--flow-idle-timeout", cli.flow_idle_timeout)] {

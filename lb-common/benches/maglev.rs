@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use lb_common::maglev::{build, Member};
 
-const SLOTS: u32 = 65_537;
+const SLOTS: u32 = 65_536;
 const BACKENDS: u32 = 1_000;
 
 /// Backend keys as the agent makes them: 16 address bytes, IPv4 first.

@@ -2,7 +2,7 @@
 
 /// Bumped whenever a map layout or the meaning of a field changes. The agent refuses
 /// to adopt pinned maps written under another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -12,7 +12,8 @@ pub const PROTO_UDP: u8 = 17;
 /// Map names as `bpftool map list` shows them (the kernel keeps 15 characters).
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
-pub const MAP_TABLES: &str = "TABLES";
+/// The arrays of table maps, one per table size (`TABLE_CLASSES`, in order).
+pub const MAP_TABLES: [&str; 4] = ["TABLES_256", "TABLES_1K", "TABLES_8K", "TABLES_64K"];
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REASONS: &str = "REASONS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
@@ -22,10 +23,13 @@ pub const MAP_FLOWS_NEW: &str = "FLOWS_NEW";
 pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
 pub const MAP_SRC_RANGES: &str = "SRC_RANGES";
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_VIPS,
     MAP_BACKENDS,
-    MAP_TABLES,
+    MAP_TABLES[0],
+    MAP_TABLES[1],
+    MAP_TABLES[2],
+    MAP_TABLES[3],
     MAP_FLOWS,
     MAP_REASONS,
     MAP_VIP_STATS,
@@ -38,9 +42,11 @@ pub const ALL_MAPS: [&str; 12] = [
 ];
 
 /// Capacities compiled into the object; the agent may resize them at load time
-/// (`--max-vips`, `--max-backends`, `--max-flows`, `--table-size`).
-pub const DEFAULT_MAX_VIPS: u32 = 64;
-pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// (`--max-vips`, `--max-backends`, `--max-flows`, `--table-size`). VIPs and backends
+/// cost little until they exist: a VIP's Maglev tables are created with it (see
+/// `table_size_for`), so `--max-vips` reserves only the `VIPS` hash and counters.
+pub const DEFAULT_MAX_VIPS: u32 = 4096;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 /// `FLOWS_NEW` slots: the power of two at or above `--max-flows` (at least 1,024).
 pub const fn new_flow_slots(max_flows: u32) -> u32 {
@@ -57,11 +63,47 @@ pub const MAX_SRC_RANGES: u32 = 16_384;
 /// (65,536 bits), read before any hash-map lookup so that packets to other addresses
 /// cost one array read.
 pub const VIP_FILTER_WORDS: u32 = 1024;
-/// Maglev table size per VIP: a prime, at least 100 x the backends of any VIP for
-/// a 1 % weight accuracy.
-pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+/// The table sizes a VIP can get: powers of two, each a multiple of the one before, so
+/// that a table grows without moving established flows (see `table_size_for`). One
+/// array of maps per size: the kernel then knows each table map's size and looks it
+/// up inline (maps of different sizes in one array of maps cost a helper call, about
+/// 8 ns a packet). 100 slots a backend give 1 % weight accuracy: up to 2, 10, 81 and
+/// 655 backends.
+pub const TABLE_CLASSES: [u32; 4] = [256, 1024, 8192, 65_536];
+/// The largest table a VIP gets by default (`--table-size`, one of `TABLE_CLASSES`).
+pub const DEFAULT_TABLE_SIZE: u32 = 65_536;
+pub const MIN_TABLE_SIZE: u32 = TABLE_CLASSES[0];
 /// Each VIP owns two tables ("halves"): the idle one is rewritten, then the VIP flips.
 pub const TABLE_HALVES: u32 = 2;
+
+/// The class (index in `TABLE_CLASSES`) of a table size.
+pub const fn table_class(size: u32) -> Option<usize> {
+    let mut i = 0;
+    while i < TABLE_CLASSES.len() {
+        if TABLE_CLASSES[i] == size {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The table size for a VIP with `backends` backends: the smallest of `TABLE_CLASSES`
+/// with 100 slots a backend (1 % weight accuracy), at most `max`. A VIP's table grows
+/// with its backends and never shrinks while it lives: a slot of the bigger table holds
+/// the flows of exactly one slot of the smaller (`hash & mask`), so established flows
+/// keep their backend across the growth (see `TableEntry`).
+pub const fn table_size_for(backends: u32, max: u32) -> u32 {
+    let want = backends.saturating_mul(100);
+    let mut i = 0;
+    while i < TABLE_CLASSES.len() {
+        if TABLE_CLASSES[i] >= want || TABLE_CLASSES[i] >= max {
+            return TABLE_CLASSES[i];
+        }
+        i += 1;
+    }
+    TABLE_CLASSES[TABLE_CLASSES.len() - 1]
+}
 
 /// `VIPS` key: the destination a packet must match.
 #[repr(C)]
@@ -89,13 +131,25 @@ pub const VIP_F_SOURCE_RANGES: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipMeta {
-    /// Index of this VIP's tables in `TABLES` and of its counters in `VIP_STATS`.
+    /// Index of this VIP's counters in `VIP_STATS`; what its backends and pins name.
     pub id: u32,
     pub flags: u32,
-    /// Which of the two tables is live (0 or 1).
+    /// Which of the two halves of its table map is live (0 or 1).
     pub half: u32,
     /// With `VIP_F_AFFINITY`: how long a client's pin lives without traffic.
     pub affinity_timeout_s: u32,
+    /// Where its table map is in the `TABLES_*` array of its size: `2 * id` or
+    /// `2 * id + 1` (a grown table goes into the other place, and this one update
+    /// switches map, size and half together).
+    pub table: u32,
+    /// Its table size - 1 (a power of two - 1): the slot of a hash is `hash & mask`.
+    pub mask: u32,
+}
+
+impl VipMeta {
+    pub const fn table_size(&self) -> u32 {
+        self.mask.wrapping_add(1)
+    }
 }
 
 /// The entry holds a backend (an id is never reused while the entry is live).
@@ -236,6 +290,7 @@ pub struct Traffic {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     pub abi_version: u32,
+    /// The largest table a VIP may get.
     pub table_size: u32,
     pub hash_seed: u32,
     pub max_vips: u32,
@@ -243,14 +298,19 @@ pub struct Meta {
     pub max_flows: u32,
 }
 
-/// Index of a VIP's table entry for `slot` in `TABLES`.
+/// Index of the entry for `slot` in a VIP's table map (its two halves, one after the other).
 #[inline(always)]
-pub fn table_index(vip_id: u32, half: u32, table_size: u32, slot: u32) -> u32 {
-    (vip_id * TABLE_HALVES + (half & 1)) * table_size + slot
+pub fn table_index(half: u32, mask: u32, slot: u32) -> u32 {
+    (half & 1) * (mask + 1) + (slot & mask)
 }
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
-const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(table_size_for(0, DEFAULT_TABLE_SIZE) == 256 && table_size_for(2, DEFAULT_TABLE_SIZE) == 256);
+const _: () = assert!(table_size_for(3, DEFAULT_TABLE_SIZE) == 1024 && table_size_for(10, DEFAULT_TABLE_SIZE) == 1024);
+const _: () =
+    assert!(table_size_for(11, DEFAULT_TABLE_SIZE) == 8192 && table_size_for(656, DEFAULT_TABLE_SIZE) == 65_536);
+const _: () = assert!(table_size_for(100, 1024) == 1024 && table_size_for(100_000, DEFAULT_TABLE_SIZE) == 65_536);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<TableEntry>() == 8);

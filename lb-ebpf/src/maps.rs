@@ -3,18 +3,20 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     new_flow_slots, stats::REASON_COUNT, AddrKey, Backend, Counter, FlowKey, FlowValue, Meta, NewPin, SrcRangeKey,
     TableEntry, Traffic, VipKey, VipMeta, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS,
-    DEFAULT_TABLE_SIZE, MAX_SRC_RANGES, TABLE_HALVES, VIP_FILTER_WORDS,
+    MAX_SRC_RANGES, TABLE_CLASSES, VIP_FILTER_WORDS,
 };
 
 const MAX_VIPS: usize = DEFAULT_MAX_VIPS as usize;
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
-const TABLE_ENTRIES: usize = (DEFAULT_MAX_VIPS * TABLE_HALVES * DEFAULT_TABLE_SIZE) as usize;
+/// A VIP's table map: its two halves of `TABLE_CLASSES[c]` slots each.
+type TableMap<const ENTRIES: usize> = Array<TableEntry, ENTRIES, { BPF_F_MMAPABLE as usize }>;
+const PLACES: usize = 2 * MAX_VIPS;
 /// Per-CPU LRU lists: an insert takes no lock shared with the other CPUs.
 const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 
@@ -34,9 +36,17 @@ pub static SRC_RANGES: LpmTrie<SrcRangeKey, u32, { MAX_SRC_RANGES as usize }, { 
     LpmTrie::new();
 #[btf_map]
 pub static BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
-/// Memory-mappable: the agent writes tables with plain stores, not one syscall a slot.
+/// Each VIP's table map (the two halves of its Maglev table), at `VipMeta::table` in the
+/// array of its size: created with the VIP, sized from its backends, so VIPs that do not
+/// exist cost nothing. Memory-mappable: the agent writes tables with plain stores.
 #[btf_map]
-pub static TABLES: Array<TableEntry, TABLE_ENTRIES, { BPF_F_MMAPABLE as usize }> = Array::new();
+pub static TABLES_256: ArrayOfMaps<TableMap<{ 2 * TABLE_CLASSES[0] as usize }>, PLACES> = ArrayOfMaps::new();
+#[btf_map]
+pub static TABLES_1K: ArrayOfMaps<TableMap<{ 2 * TABLE_CLASSES[1] as usize }>, PLACES> = ArrayOfMaps::new();
+#[btf_map]
+pub static TABLES_8K: ArrayOfMaps<TableMap<{ 2 * TABLE_CLASSES[2] as usize }>, PLACES> = ArrayOfMaps::new();
+#[btf_map]
+pub static TABLES_64K: ArrayOfMaps<TableMap<{ 2 * TABLE_CLASSES[3] as usize }>, PLACES> = ArrayOfMaps::new();
 /// Confirmed flows: pinned once a flow sent a second packet.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_MAX_FLOWS as usize }, LRU_FLAGS> = LruHashMap::new();
@@ -60,8 +70,6 @@ pub static META: Array<Meta, 1> = Array::new();
 // Load-time knobs, written by the agent with `EbpfLoader::override_global`.
 #[no_mangle]
 static HASH_SEED: u32 = 0;
-#[no_mangle]
-static TABLE_SIZE: u32 = DEFAULT_TABLE_SIZE;
 /// The MAC of the interface the program is attached to (source of forwarded frames).
 #[no_mangle]
 static LB_MAC: [u8; 6] = [0; 6];
@@ -88,12 +96,6 @@ pub fn flow_idle_ns() -> u64 {
 pub fn hash_seed() -> u32 {
     // SAFETY: a load-time constant in .rodata; volatile so it is not folded at build time.
     unsafe { core::ptr::read_volatile(&HASH_SEED) }
-}
-
-#[inline(always)]
-pub fn table_size() -> u32 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&TABLE_SIZE) }
 }
 
 #[inline(always)]

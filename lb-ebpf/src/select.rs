@@ -13,11 +13,11 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     hash, maglev, stats::Reason, table_index, Backend, FlowKey, FlowValue, NewPin, TableEntry, VipMeta, BACKEND_F_ACTIVE,
-    BACKEND_F_DRAINING, FLOW_F_CLOSING, FLOW_F_MOVED, NO_BACKEND, PROTO_TCP, PROTO_UDP, VIP_F_AFFINITY,
+    BACKEND_F_DRAINING, FLOW_F_CLOSING, FLOW_F_MOVED, NO_BACKEND, NO_PREV, PROTO_TCP, PROTO_UDP, TABLE_CLASSES, VIP_F_AFFINITY,
 };
 
 use crate::{
-    maps::{flow_idle_ns, hash_seed, new_mask, table_size, BACKENDS, FLOWS, FLOWS_NEW, TABLES},
+    maps::{flow_idle_ns, hash_seed, new_mask, BACKENDS, FLOWS, FLOWS_NEW, TABLES_1K, TABLES_256, TABLES_64K, TABLES_8K},
     stats::note,
 };
 
@@ -46,15 +46,12 @@ type Choice = (u32, Option<&'static Backend>);
 /// The backend for this packet, with its id.
 #[inline(always)]
 pub fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), Reason> {
-    let size = table_size();
-    if size == 0 {
-        return Err(Reason::DROP_TABLE);
-    }
     let affinity = meta.flags & VIP_F_AFFINITY != 0;
     let ports = hash::vip_ports_word(affinity, flow.src_port_be, flow.dst_port_be);
     let h = hash::flow_hash_words(flow.family, &flow.src, &flow.dst, ports, flow.proto, hash_seed());
-    let slot = maglev::slot_of(h, size);
-    let entry: TableEntry = *TABLES.get(table_index(meta.id, meta.half, size, slot)).ok_or(Reason::DROP_TABLE)?;
+    let slot = maglev::slot_of(h, meta.mask);
+    let index = table_index(meta.half, meta.mask, slot);
+    let entry: TableEntry = table_entry(meta, index).ok_or(Reason::DROP_TABLE)?;
     let (id, found) = if affinity {
         self::affinity(flow, meta, &entry)
     } else if entry.backend == entry.prev && flow.proto != PROTO_UDP {
@@ -71,6 +68,40 @@ pub fn backend(flow: &Flow, meta: &VipMeta) -> Result<(u32, &'static Backend), R
         None => Err(Reason::DROP_BACKEND_GONE),
     }
 }
+
+/// The entry at `index` of the VIP's table map, in the array of its size.
+#[inline(always)]
+fn table_entry(meta: &VipMeta, index: u32) -> Option<TableEntry> {
+    let packed = match meta.mask + 1 {
+        s if s == TABLE_CLASSES[0] => entry_256(meta.table, index),
+        s if s == TABLE_CLASSES[1] => entry_1k(meta.table, index),
+        s if s == TABLE_CLASSES[2] => entry_8k(meta.table, index),
+        _ => entry_64k(meta.table, index),
+    };
+    (packed != NO_TABLE).then_some(TableEntry { backend: packed as u32, prev: (packed >> 32) as u32 })
+}
+
+/// "No table map there" from the lookups below (no entry has `NO_PREV` as its backend).
+const NO_TABLE: u64 = (NO_PREV as u64) << 32 | NO_PREV as u64;
+
+/// One lookup function per array of table maps, each out of line: the verifier inlines
+/// the inner lookup only where one call site sees one inner map size, and inlined
+/// lookups in one function would be merged by LLVM into a single call site.
+macro_rules! table_lookup {
+    ($name:ident, $tables:ident) => {
+        #[inline(never)]
+        fn $name(place: u32, index: u32) -> u64 {
+            match $tables.get_value(place, &index) {
+                Some(e) => e.backend as u64 | (e.prev as u64) << 32,
+                None => NO_TABLE,
+            }
+        }
+    };
+}
+table_lookup!(entry_256, TABLES_256);
+table_lookup!(entry_1k, TABLES_1K);
+table_lookup!(entry_8k, TABLES_8K);
+table_lookup!(entry_64k, TABLES_64K);
 
 #[inline(always)]
 fn active(id: u32, vip_id: u32) -> Option<&'static Backend> {

@@ -117,7 +117,8 @@ impl Lab {
 fn attach_pass(ns: &str, iface: &'static str) -> Result<Ebpf> {
     let ns_owned = ns.to_string();
     run_in(ns, move || -> Result<Ebpf> {
-        let opts = LoadOptions { table_size: 3, max_vips: 1, max_backends: 1, max_flows: 1, ..LoadOptions::default() };
+        let opts =
+            LoadOptions { table_size: 256, max_vips: 1, max_backends: 1, max_flows: 1, ..LoadOptions::default() };
         let loader::Loaded { mut ebpf, .. } = loader::load(&opts)?;
         loader::attach_program(&mut ebpf, PROG_PASS, iface, XdpModeChoice::Native)
             .with_context(|| format!("pass-through XDP on {iface} in {ns_owned}"))?;

@@ -46,7 +46,10 @@ fn bad_input_is_one_line_exit_64_nothing_attached() {
             "--iface \"nosuch0\": no interface of that name",
         ),
         (vec!["--iface", "eth0", v[0], v[1], "--backend", "10.9.9.9"], "is not on a subnet of interface eth0"),
-        (vec!["--iface", "eth0", "--table-size", "1000", v[0], v[1]], "--table-size \"1000\": must be a prime"),
+        (
+            vec!["--iface", "eth0", "--table-size", "1000", v[0], v[1]],
+            "--table-size \"1000\": must be 256, 1024, 8192 or 65536",
+        ),
         (vec![v[0], v[1]], "--iface \"\": is required"),
     ];
     for (args, want) in cases {

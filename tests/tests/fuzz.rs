@@ -118,7 +118,7 @@ struct Harness {
 impl Harness {
     fn new(world: &World) -> Result<Harness> {
         let opts = LoadOptions {
-            table_size: 1021,
+            table_size: 1024,
             max_vips: 16,
             max_backends: 64,
             max_flows: 4096,

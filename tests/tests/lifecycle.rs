@@ -253,13 +253,13 @@ fn reload_applies_valid_vips_and_keeps_an_invalid_one() {
 fn replaced_maps() -> Result<()> {
     let lab = lab_with("m", 2)?;
     let config = tcp_config(&[(0, 1, Some(100)), (1, 1, Some(100))], "");
-    let mut agent = Agent::start(&lab, &config, &["--table-size", "1021"])?;
+    let mut agent = Agent::start(&lab, &config, &["--table-size", "8192"])?;
     agent.wait_programmed(1, 2)?;
     // Restarts with other settings while connections keep coming: first one that leaves
     // the Maglev table as it was (more backend room), then one that changes it.
     for (flags, table_changes) in [
-        (["--table-size", "1021", "--max-backends", "8192"], false),
-        (["--table-size", "2039", "--max-backends", "8192"], true),
+        (["--table-size", "8192", "--max-backends", "8192"], false),
+        (["--table-size", "65536", "--max-backends", "8192"], true),
     ] {
         let churn = Background::churn(&lab, vip())?;
         std::thread::sleep(Duration::from_millis(500));

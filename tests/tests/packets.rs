@@ -18,7 +18,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const SEED: u32 = 0x5eed;
-const TABLE: u32 = 1021;
+const TABLE: u32 = 1024;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -320,9 +320,8 @@ fn settling_keeps_live_pins() {
     snap.vips.get_mut(&vip(v)).unwrap().backends.push(backend("10.0.0.5", 6, 5));
     lab.dp.apply(&snap).unwrap();
     let changed = |lab: &Lab| {
-        let id = lab.dp.vip_id(&vip(v)).unwrap();
         let meta = lab.dp.maps().vips.get(&vip(v).key(), 0).unwrap();
-        lab.dp.maps().tables.read(id, meta.half).unwrap().iter().filter(|e| e.backend != e.prev).count()
+        lab.dp.maps().tables.read(&meta, meta.half).unwrap().iter().filter(|e| e.backend != e.prev).count()
     };
     let changed_before = changed(&lab);
     // Pin the flows (their first packet after the change), wait out the idle time,

@@ -95,7 +95,10 @@ fn with_exactly_the_daemonset_capabilities() -> Result<()> {
     ensure!(eperm(maps.vips.remove(&key)), "VIPS delete refused (EPERM)");
     ensure!(eperm(maps.meta.set(0, meta, 0)), "META update refused (EPERM)");
     println!("through Maps::from_pinned: VIPS update/delete and META update refused with EPERM");
-    ensure!(maps.tables.write_diff(0, 0, &[TableEntry::default()]).is_err(), "TABLES mapped read-only");
+    let vm = maps.vips.get(&key, 0)?;
+    let blank = vec![TableEntry::default(); vm.table_size() as usize];
+    ensure!(maps.tables.write_diff(&vm, 0, &blank).is_err(), "TABLES mapped read-only");
+    ensure!(maps.tables.read(&vm, vm.half)?.len() == vm.table_size() as usize, "the live table reads back");
     drop(maps);
     let status = run_with_caps(&lab, &[], &["status"], &agent.pin_root)?;
     ensure!(status.contains(&format!("{VIP4}:{TCP_PORT}/tcp")), "status with no capability at all: {status}");

@@ -9,6 +9,8 @@
 //! that part and replace just its section of the file. Needs root (BPF); the Kubernetes
 //! part also needs network namespaces and the kube-apiserver and etcd binaries.
 
+#[path = "lb-bench/capacity.rs"]
+mod capacity;
 #[path = "lb-bench/cases.rs"]
 mod cases;
 #[path = "lb-bench/flood.rs"]

@@ -58,7 +58,7 @@ impl XdpDataplane {
                     mac: (b.flags & lb_common::BACKEND_F_ACTIVE != 0).then_some(b.mac),
                 });
             }
-            let live = dp.maps.tables.read(meta.id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
+            let live = dp.maps.tables.read(&meta, meta.half).map_err(|source| XdpError::Table { vip, source })?;
             let state = VipState {
                 id: meta.id,
                 meta,

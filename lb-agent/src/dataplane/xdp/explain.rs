@@ -90,8 +90,8 @@ pub fn explain(maps: &Maps, seed: u32, q: &Query) -> Result<Explanation, MapErro
     let (s, d) = (hash::addr_words(&addr_bytes(q.src)), hash::addr_words(&addr_bytes(q.vip.addr)));
     let ports = hash::vip_ports_word(affinity, q.src_port.to_be(), q.vip.port.to_be());
     let h = hash::flow_hash_words(family(q.vip.addr), &s, &d, ports, q.vip.proto.number(), seed);
-    let slot = maglev::slot_of(h, maps.tables.table_size());
-    let entry = maps.tables.get(meta.id, meta.half, slot)?;
+    let slot = maglev::slot_of(h, meta.mask);
+    let entry = maps.tables.get(&meta, meta.half, slot)?;
     let active = |id: u32| -> Result<Option<Backend>, MapError> {
         if id >= maps.backends.len() {
             return Ok(None);

@@ -47,7 +47,6 @@ pub struct FlowCensus {
     draining: Vec<(Vip, IpAddr, u32)>,
     settle: Vec<SettleJob>,
     hash_seed: u32,
-    table_size: u32,
 }
 
 /// Live flows per backend id, and per VIP to settle the (slot, backend) of its live flows.
@@ -86,8 +85,7 @@ impl FlowCensus {
             .map(|job| {
                 let affinity = job.meta.flags & VIP_F_AFFINITY != 0;
                 let mine = all.iter().filter(|(k, v)| k.vip_id == job.id && recent(v));
-                mine.map(|(k, v)| (slot_of(self.hash_seed, self.table_size, &job.vip, affinity, k), v.backend))
-                    .collect()
+                mine.map(|(k, v)| (slot_of(self.hash_seed, job.meta.mask, &job.vip, affinity, k), v.backend)).collect()
             })
             .collect();
         Ok((live, keep))
@@ -113,8 +111,8 @@ pub(super) fn census(dp: &XdpDataplane, idle: Duration) -> FlowCensus {
         .map(|(vip, s)| SettleJob { vip: *vip, id: s.id, meta: s.meta, changed_at: s.table_changed_at })
         .collect();
     let idle_ns = idle.as_nanos() as u64;
-    let (hash_seed, table_size) = (dp.opts.hash_seed, dp.opts.table_size);
-    let mut job = FlowCensus { maps: None, idle_ns, draining, settle, hash_seed, table_size };
+    let hash_seed = dp.opts.hash_seed;
+    let mut job = FlowCensus { maps: None, idle_ns, draining, settle, hash_seed };
     if job.draining.is_empty() && job.settle.is_empty() {
         return job;
     }
@@ -141,6 +139,9 @@ pub(super) fn maintain(dp: &mut XdpDataplane, found: FlowsFound) -> Result<Maint
     let FlowsFound { census, result } = found;
     let (live, keep) = result?;
     let mut m = Maintenance::default();
+    // Table maps replaced by grown ones: a second is ages for a packet still holding
+    // its VIP's old entry.
+    dp.maps.tables.sweep(Duration::from_secs(1)).map_err(|source| XdpError::Sweep { source })?;
     for (vip, addr, id) in &census.draining {
         let still = dp.vips.get(vip).and_then(|s| s.backends.get(addr)).is_some_and(|b| b.id == *id);
         if still {
@@ -173,20 +174,20 @@ fn read_flows(
 }
 
 /// The slot a pinned flow of `vip` hashes to.
-fn slot_of(seed: u32, table_size: u32, vip: &Vip, affinity: bool, key: &FlowKey) -> u32 {
+fn slot_of(seed: u32, mask: u32, vip: &Vip, affinity: bool, key: &FlowKey) -> u32 {
     let src = addr_from_bytes(family(vip.addr), &key.src_addr);
     let ports = hash::vip_ports_word(affinity, key.src_port_be, vip.port.to_be());
     let (s, d) = (hash::addr_words(&addr_bytes(src)), hash::addr_words(&addr_bytes(vip.addr)));
     let h = hash::flow_hash_words(family(vip.addr), &s, &d, ports, vip.proto.number(), seed);
-    maglev::slot_of(h, table_size)
+    maglev::slot_of(h, mask)
 }
 
 /// Makes every transition slot of `vip` stable unless a live flow pinned in it goes to
 /// another backend than the slot's. Returns how many slots were settled.
 fn settle_vip(dp: &mut XdpDataplane, vip: Vip, flows: &[(u32, u32)]) -> Result<usize, XdpError> {
     let state = &dp.vips[&vip];
-    let (id, meta) = (state.id, state.meta);
-    let live = dp.maps.tables.read(id, meta.half).map_err(|source| XdpError::Table { vip, source })?;
+    let meta = state.meta;
+    let live = dp.maps.tables.read(&meta, meta.half).map_err(|source| XdpError::Table { vip, source })?;
     let keep: BTreeSet<u32> = flows
         .iter()
         .filter(|(slot, backend)| live.get(*slot as usize).is_some_and(|e| e.backend != *backend))
@@ -212,7 +213,7 @@ fn settle_vip(dp: &mut XdpDataplane, vip: Vip, flows: &[(u32, u32)]) -> Result<u
         return Ok(0);
     }
     let idle_half = 1 - meta.half;
-    dp.maps.tables.write_diff(id, idle_half, &next).map_err(|source| XdpError::Table { vip, source })?;
+    dp.maps.tables.write_diff(&meta, idle_half, &next).map_err(|source| XdpError::Table { vip, source })?;
     let mut flipped = meta;
     flipped.half = idle_half;
     dp.maps.vips.insert(vip.key(), flipped, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::config::XdpModeChoice;
-use crate::dataplane::xdp::tables::TableMem;
+use crate::dataplane::xdp::tables::{self, TableMem};
 
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -96,8 +96,6 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("memory-mapping TABLES: {0}")]
-    Mmap(#[source] std::io::Error),
     #[error("attaching XDP to {iface} in {mode} mode: {source}")]
     Attach {
         iface: String,
@@ -168,12 +166,11 @@ impl Maps {
         let maps = Maps {
             vips: typed!(HashMap, MAP_VIPS),
             backends: typed!(Array, MAP_BACKENDS),
-            tables: if writable {
-                TableMem::map(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size)
-                    .map_err(LoadError::Mmap)?
-            } else {
-                TableMem::map_read_only(open_for_mmap(MAP_TABLES)?, opts.table_entries(), opts.table_size)
-            },
+            tables: TableMem::new(
+                MAP_TABLES.iter().map(|name| open(name)).collect::<Result<_, _>>()?,
+                Some(tables::pin_dir(&dir)),
+                writable,
+            ),
             flows: typed!(LruHashMap, MAP_FLOWS),
             flows_new: crate::dataplane::xdp::pins::NewPins::new(open_for_mmap(MAP_FLOWS_NEW)?, opts.new_flows()),
             vip_addrs: typed!(HashMap, MAP_VIP_ADDRS),
@@ -235,7 +232,6 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
     }
     let mut ebpf = loader
         .override_global("HASH_SEED", &opts.hash_seed, true)
-        .override_global("TABLE_SIZE", &opts.table_size, true)
         .override_global("LB_MAC", &opts.lb_mac, true)
         .override_global("FLOW_IDLE_NS", &opts.flow_idle_ns, true)
         .override_global("NEW_MASK", &(opts.new_flows() - 1), true)
@@ -246,7 +242,10 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
         .map_max_entries(MAP_FLOWS, opts.max_flows)
         .map_max_entries(MAP_FLOWS_NEW, opts.new_flows())
         .map_max_entries(MAP_VIP_ADDRS, opts.max_vips)
-        .map_max_entries(MAP_TABLES, opts.table_entries())
+        .map_max_entries(MAP_TABLES[0], opts.table_maps())
+        .map_max_entries(MAP_TABLES[1], opts.table_maps())
+        .map_max_entries(MAP_TABLES[2], opts.table_maps())
+        .map_max_entries(MAP_TABLES[3], opts.table_maps())
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
     // Before the programs load: they reference the log map.
@@ -260,7 +259,7 @@ fn load_with(opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Loaded, LoadE
     for name in [PROG_LB, PROG_PASS] {
         xdp_mut(&mut ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
     }
-    let maps = take_maps(&mut ebpf, opts)?;
+    let maps = take_maps(&mut ebpf, opts, pin_dir)?;
     Ok(Loaded { ebpf, maps, opts: opts.clone(), logger })
 }
 
@@ -278,6 +277,12 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
             _ => {}
         }
     }
+    // The table maps of the maps being replaced (they live on while the old program
+    // holds them, until the new one takes the link).
+    match std::fs::remove_dir_all(tables::pin_dir(dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
     Ok(())
 }
 
@@ -285,22 +290,24 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::MissingMap { name })
 }
 
-fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<Maps, LoadError> {
+fn take_maps(ebpf: &mut Ebpf, opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Maps, LoadError> {
     macro_rules! typed {
         ($name:expr) => {
             take(ebpf, $name)?.try_into().map_err(|source| LoadError::Map { name: $name, source })?
         };
     }
-    let Map::Array(tables) = take(ebpf, MAP_TABLES)? else {
-        return Err(LoadError::MissingMap { name: MAP_TABLES });
-    };
+    let mut tables = Vec::new();
+    for name in MAP_TABLES {
+        let Map::ArrayOfMaps(t) = take(ebpf, name)? else { return Err(LoadError::MissingMap { name }) };
+        tables.push(t);
+    }
     let Map::Array(flows_new) = take(ebpf, MAP_FLOWS_NEW)? else {
         return Err(LoadError::MissingMap { name: MAP_FLOWS_NEW });
     };
     Ok(Maps {
         vips: typed!(MAP_VIPS),
         backends: typed!(MAP_BACKENDS),
-        tables: TableMem::map(tables, opts.table_entries(), opts.table_size).map_err(LoadError::Mmap)?,
+        tables: TableMem::new(tables, pin_dir.map(tables::pin_dir), true),
         flows: typed!(MAP_FLOWS),
         flows_new: crate::dataplane::xdp::pins::NewPins::new(flows_new, opts.new_flows()),
         vip_addrs: typed!(MAP_VIP_ADDRS),

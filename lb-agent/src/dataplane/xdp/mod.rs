@@ -27,8 +27,8 @@ use std::time::Instant;
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::maglev::{self, Member};
 use lb_common::{
-    Backend, TableEntry, Traffic, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, BACKEND_F_PRESENT, NO_BACKEND,
-    VIP_F_AFFINITY, VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
+    table_size_for, Backend, TableEntry, Traffic, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_DRAINING, BACKEND_F_PRESENT,
+    NO_BACKEND, VIP_F_AFFINITY, VIP_F_NO_BACKENDS, VIP_F_SOURCE_RANGES,
 };
 
 pub use adopt::AdoptedBackend;
@@ -52,11 +52,16 @@ pub enum XdpError {
         #[source]
         source: MapError,
     },
-    #[error("mapping the tables of VIP {vip}: {source}")]
+    #[error("VIP {vip}: {source}")]
     Table {
         vip: Vip,
         #[source]
-        source: std::io::Error,
+        source: tables::TableError,
+    },
+    #[error("removing replaced tables: {source}")]
+    Sweep {
+        #[source]
+        source: tables::TableError,
     },
     #[error("reading map {map}: {source}")]
     Read {
@@ -64,6 +69,17 @@ pub enum XdpError {
         #[source]
         source: MapError,
     },
+}
+
+/// The rest of a VIP's apply, after its table is written: see `apply::finish_vip`.
+struct Finish {
+    vip: Vip,
+    meta: VipMeta,
+    ranges: BTreeSet<ipnet::IpNet>,
+    removed: Vec<u32>,
+    is_new: bool,
+    writes: usize,
+    digest: u64,
 }
 
 struct BackendState {
@@ -147,6 +163,11 @@ impl XdpDataplane {
             }
             self.backend_ids.give(b.id);
         }
+        // Its table maps go with `sweep`, when no packet can still be using them.
+        for index in [2 * state.id, 2 * state.id + 1] {
+            let live_size = (state.live && state.meta.table == index).then(|| state.meta.table_size());
+            self.maps.tables.retire(index, live_size);
+        }
         match addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &BTreeSet::new(), true) {
             Ok(n) => writes += n,
             Err(e) => _ = first.get_or_insert(map_err("SRC_RANGES", e)),
@@ -183,16 +204,22 @@ impl XdpDataplane {
         Ok(())
     }
 
-    /// Applies one VIP. On an error the VIP is left for `recover`.
-    fn apply_vip(&mut self, vip: Vip, wanted: &SnapVip, report: &mut ApplyReport) -> Result<(), XdpError> {
+    /// Applies one VIP up to its flip: backends, source ranges, the new table written.
+    /// What is left ([`Finish`]) is done once a new table map is in `TABLES`. None: the
+    /// VIP's input did not change. On an error the VIP is left for `recover`.
+    fn apply_vip(&mut self, vip: Vip, wanted: &SnapVip, report: &mut ApplyReport) -> Result<Option<Finish>, XdpError> {
         let is_new = !self.vips.contains_key(&vip);
         if is_new {
             self.new_vip(vip)?;
         } else if self.vips[&vip].applied == Some(digest(wanted)) {
-            return Ok(());
+            return Ok(None);
         }
         let mut writes = self.write_backends(vip, &wanted.backends)?;
-        let assigned = self.assign(&wanted.backends, &vip);
+        // A table grows with the VIP's backends and never shrinks while it lives.
+        let live_size = if is_new { 0 } else { self.vips[&vip].meta.table_size() };
+        let size = table_size_for(wanted.backends.len() as u32, self.opts.table_size).max(live_size);
+        let grow = size > live_size;
+        let assigned = self.assign(&wanted.backends, &vip, size);
         let state = self.vips.get_mut(&vip).expect("present");
         let removed: Vec<u32> = state
             .backends
@@ -203,10 +230,13 @@ impl XdpDataplane {
         let next: Option<Vec<TableEntry>> = if is_new {
             Some(transition::fresh_entries(&assigned))
         } else {
-            let live =
-                self.maps.tables.read(state.id, state.meta.half).map_err(|source| XdpError::Table { vip, source })?;
+            let live = self
+                .maps
+                .tables
+                .read(&state.meta, state.meta.half)
+                .map_err(|source| XdpError::Table { vip, source })?;
             let next = transition::next_entries(&live, &assigned, |id| removed.contains(&id));
-            (next != live).then_some(next)
+            (grow || next != live).then_some(next)
         };
         let mut meta = state.meta;
         meta.id = state.id;
@@ -223,58 +253,29 @@ impl XdpDataplane {
         writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, false)
             .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
         if let Some(next) = &next {
-            let idle = if is_new { 0 } else { 1 - state.meta.half };
-            writes +=
-                self.maps.tables.write_diff(state.id, idle, next).map_err(|source| XdpError::Table { vip, source })?;
-            meta.half = idle;
+            let table_err = |source| XdpError::Table { vip, source };
+            if grow {
+                // A new map in the VIP's other place in `TABLES`; the flip below
+                // switches map, size and half at once.
+                meta.table = if is_new { 2 * state.id } else { state.meta.table ^ 1 };
+                meta.mask = size - 1;
+                meta.half = 0;
+                self.maps.tables.create(meta.table, size).map_err(table_err)?;
+            } else {
+                meta.half = 1 - state.meta.half;
+            }
+            writes += self.maps.tables.write_diff(&meta, meta.half, next).map_err(table_err)?;
             let empty = next.iter().all(|e| e.backend == NO_BACKEND && e.prev == NO_BACKEND);
             meta.flags = (meta.flags & !VIP_F_NO_BACKENDS) | if empty { VIP_F_NO_BACKENDS } else { 0 };
             state.table_changed_at = Instant::now();
             state.in_transition = next.iter().any(|e| e.backend != e.prev);
         }
-        if !state.addr_held {
-            // Closed to all but its ports from before it serves.
-            writes += self.addrs.add(&mut self.maps, vip.addr).map_err(|source| XdpError::Map {
-                vip,
-                map: "VIP_ADDRS",
-                source,
-            })?;
-            state.addr_held = true;
-        }
-        if !state.live || meta != state.meta {
-            // The flip: one update makes the new table (and settings) live.
-            self.maps.vips.insert(vip.key(), meta, 0).map_err(|source| XdpError::Map { vip, map: "VIPS", source })?;
-            state.meta = meta;
-            state.live = true;
-            writes += 1;
-        }
-        writes += addrs::sync_ranges(&mut self.maps, state.id, &state.ranges, &ranges, true)
-            .map_err(|source| XdpError::Map { vip, map: "SRC_RANGES", source })?;
-        state.ranges = ranges;
-        // Backends that left are unreachable from the live table now.
-        for id in removed {
-            state.backends.retain(|_, b| b.id != id);
-            self.maps.backends.set(id, Backend::default(), 0).map_err(|source| XdpError::Map {
-                vip,
-                map: "BACKENDS",
-                source,
-            })?;
-            self.backend_ids.give(id);
-            writes += 1;
-        }
-        state.applied = Some(digest(wanted));
-        if is_new {
-            report.vips_added += 1;
-        } else if writes > 0 {
-            report.vips_changed += 1;
-        }
-        report.writes += writes;
-        Ok(())
+        Ok(Some(Finish { vip, meta, ranges, removed, is_new, writes, digest: digest(wanted) }))
     }
 
     /// The Maglev assignment (backend ids per slot) over the backends that can take
     /// new flows (a known MAC, `share_weight` above 0).
-    fn assign(&self, wanted: &[SnapBackend], vip: &Vip) -> Vec<u32> {
+    fn assign(&self, wanted: &[SnapBackend], vip: &Vip, size: u32) -> Vec<u32> {
         let state = &self.vips[vip];
         let keys: Vec<[u8; 16]> = wanted.iter().map(|b| addr_bytes(b.addr)).collect();
         let members: Vec<Member<'_>> = wanted
@@ -283,7 +284,7 @@ impl XdpDataplane {
             .map(|(b, k)| Member { key: k, weight: if b.mac.is_some() { b.share_weight() } else { 0 } })
             .collect();
         let ids: Vec<u32> = wanted.iter().map(|b| state.backends[&b.addr].id).collect();
-        maglev::build(&members, self.opts.table_size)
+        maglev::build(&members, size)
             .into_iter()
             .map(|i| if i == maglev::NO_ENTRY { NO_BACKEND } else { ids[i as usize] })
             .collect()

@@ -134,7 +134,7 @@ pub fn inspect(maps: &Maps, meta: &Meta, flow_idle: Duration) -> Result<Inspecti
                 })
             })
             .collect::<Result<Vec<_>, MapError>>()?;
-        let changed_slots = maps.tables.read(vm.id, vm.half)?.iter().filter(|e| e.backend != e.prev).count();
+        let changed_slots = maps.tables.read(&vm, vm.half)?.iter().filter(|e| e.backend != e.prev).count();
         vips.push(VipInfo {
             vip: vip.to_string(),
             id: vm.id,

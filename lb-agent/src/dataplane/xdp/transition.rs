@@ -13,10 +13,19 @@ use lb_common::{TableEntry, NO_BACKEND, NO_PREV};
 /// The next live table, from the live one and the new Maglev assignment (backend ids,
 /// `NO_BACKEND` where the VIP has no weighted backend). `removed(id)` says a backend is
 /// gone: no flow can go back to it, so it is not kept as a previous backend.
+///
+/// `assigned` may be larger than `live` (the table grows; both are powers of two): a
+/// flow in slot `s` of the larger table was in slot `s & (live.len() - 1)` of the
+/// smaller one (`maglev::slot_of` takes the low bits of the hash), so that slot's entry
+/// is where its established flows went, and the same rules apply.
 pub fn next_entries(live: &[TableEntry], assigned: &[u32], removed: impl Fn(u32) -> bool) -> Vec<TableEntry> {
-    live.iter()
-        .zip(assigned)
-        .map(|(e, &new)| {
+    assert!(live.len().is_power_of_two() && assigned.len().is_multiple_of(live.len()), "a table only grows, by powers of two");
+    let mask = live.len() - 1;
+    assigned
+        .iter()
+        .enumerate()
+        .map(|(slot, &new)| {
+            let e = &live[slot & mask];
             let mut next = if e.backend == NO_BACKEND && e.prev == NO_BACKEND {
                 // Empty and stable: no flow can exist, the new backend starts stable.
                 TableEntry { backend: new, prev: new }
@@ -79,8 +88,18 @@ mod tests {
     }
 
     #[test]
+    fn a_grown_table_continues_each_slot_of_the_smaller_one() {
+        // Slot s of 8 holds the flows of slot s % 4 of 4.
+        let live = vec![e(1, 1), e(2, 1), e(3, P), e(N, N)];
+        let assigned = vec![1, 1, 3, 4, 2, 2, 3, 4];
+        let got = next_entries(&live, &assigned, |_| false);
+        let want = vec![e(1, 1), e(1, P), e(3, P), e(4, 4), e(2, 1), e(2, 1), e(3, P), e(4, 4)];
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn same_assignment_is_a_fixed_point() {
-        let live = vec![e(1, 1), e(2, 1), e(3, P), e(N, 2), e(N, N)];
+        let live = vec![e(1, 1), e(2, 1), e(3, P), e(N, 2)];
         let assigned: Vec<u32> = live.iter().map(|x| x.backend).collect();
         assert_eq!(next_entries(&live, &assigned, |_| false), live);
     }

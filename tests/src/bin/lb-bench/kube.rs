@@ -56,7 +56,7 @@ const NAMESPACE: &str = "bench";
 const IN_FLIGHT: usize = 32;
 pub const MAX_VIPS: u32 = 10_240;
 pub const MAX_BACKENDS: u32 = 110_000;
-pub const TABLE_SIZE: u32 = 1_009;
+pub const TABLE_SIZE: u32 = 1_024;
 /// Services between two changed ones (coprime with `SERVICES`: every change on its own Service).
 const CHANGE_STRIDE: usize = 47;
 

@@ -1,4 +1,4 @@
-//! Maglev table build: 65,537 slots for 1,000 weighted backends, timed with `Instant`
+//! Maglev table build: 65,536 slots for 1,000 weighted backends, timed with `Instant`
 //! (the criterion bench `lb-common/benches/maglev.rs` measures the same build).
 
 use std::hint::black_box;
@@ -10,7 +10,7 @@ use lb_common::maglev::{self, Member};
 use crate::report::{Row, Target};
 use crate::stats::Summary;
 
-pub const SLOTS: u32 = 65_537;
+pub const SLOTS: u32 = 65_536;
 pub const BACKENDS: u32 = 1_000;
 const TARGET: Target = Target { max: 2.0, stretch: None };
 
@@ -44,7 +44,7 @@ pub fn measure(builds: usize) -> Result<Row> {
         })
         .collect();
     Ok(Row {
-        case: "Maglev build, 65,537 slots × 1,000 weighted backends",
+        case: "Maglev build, 65,536 slots × 1,000 weighted backends",
         method: format!("{builds} builds, `Instant`"),
         raw: Summary::of(&ms),
         net: None,

@@ -32,29 +32,6 @@ pub fn reset_peak() -> Result<()> {
     fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM through /proc/self/clear_refs")
 }
 
-/// The resident KiB of the BPF map mapping that is `len` bytes long (rounded up to whole
-/// pages), or `None` if there is no such mapping.
-pub fn bpf_mapping_rss(len: u64) -> Result<Option<u64>> {
-    let text = fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
-    let page = 4096;
-    let want = len.div_ceil(page) * page;
-    let mut in_it = false;
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or_default();
-        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let size = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
-                (Ok(s), Ok(e)) => e - s,
-                _ => 0,
-            };
-            in_it = size == want && line.contains("bpf-map");
-        } else if in_it && first == "Rss:" {
-            return Ok(words.next().and_then(|v| v.parse().ok()));
-        }
-    }
-    Ok(None)
-}
-
 /// One BPF map this process holds open.
 pub struct MapMem {
     pub name: String,
@@ -98,7 +75,18 @@ pub fn bpf_maps() -> Result<Vec<MapMem>> {
         };
         by_id.insert(id, mem);
     }
-    let mut maps: Vec<MapMem> = by_id.into_values().collect();
+    // The VIPs' table maps (`TABLE_<index>`, one per VIP) are one row.
+    let (tables, mut maps): (Vec<MapMem>, Vec<MapMem>) =
+        by_id.into_values().partition(|m| m.name.starts_with("TABLE_"));
+    if !tables.is_empty() {
+        maps.push(MapMem {
+            name: format!("TABLE_* ({} maps, one per VIP)", tables.len()),
+            kind: "Array".into(),
+            max_entries: tables.iter().map(|t| t.max_entries).sum(),
+            value_size: tables[0].value_size,
+            memlock: tables.iter().map(|t| t.memlock).sum(),
+        });
+    }
     maps.sort_by(|a, b| b.memlock.cmp(&a.memlock).then_with(|| a.name.cmp(&b.name)));
     Ok(maps)
 }

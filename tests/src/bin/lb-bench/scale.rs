@@ -14,7 +14,7 @@ use lb_agent::dataplane::xdp::XdpDataplane;
 use lb_agent::dataplane::{ApplyReport, Dataplane, SnapBackend, SnapVip, Snapshot};
 use lb_agent::model::{addr_bytes, Protocol, Vip};
 use lb_common::maglev::{self, Member};
-use lb_common::{TableEntry, NO_BACKEND, TABLE_HALVES};
+use lb_common::{TableEntry, NO_BACKEND};
 
 use crate::memory::{self, MapMem, Status};
 use crate::section::{date, loadavg};
@@ -23,8 +23,11 @@ use crate::Plan;
 
 pub const VIPS: u32 = 10_000;
 pub const PER_VIP: u32 = 10;
-/// The smallest prime ≥ 100 × 10 backends (Maglev wants ≥ 100 slots per backend).
-pub const TABLE_SIZE: u32 = 1_009;
+/// The largest table a VIP may get; each of these VIPs (10 backends) gets 1,024 slots,
+/// the power of two ≥ 100 × 10 backends (Maglev wants ≥ 100 slots per backend).
+pub const TABLE_SIZE: u32 = 65_536;
+/// The table each of these VIPs gets.
+pub const VIP_TABLE: u32 = lb_common::table_size_for(PER_VIP, TABLE_SIZE);
 /// 100,000 backends in use, plus room for the added ones.
 pub const MAX_BACKENDS: u32 = 110_000;
 pub const MAX_FLOWS: u32 = 4_096;
@@ -53,9 +56,9 @@ pub fn options() -> LoadOptions {
     }
 }
 
-/// Bytes of `TABLES`: max_vips × 2 halves × table_size × 8.
-pub fn tables_bytes() -> u64 {
-    u64::from(VIPS) * u64::from(TABLE_HALVES) * u64::from(TABLE_SIZE) * std::mem::size_of::<TableEntry>() as u64
+/// Kernel bytes of the VIPs' table maps, from the maps this process holds.
+pub fn tables_bytes(maps: &[MapMem]) -> u64 {
+    maps.iter().filter(|m| m.name.starts_with("TABLE_")).map(|m| m.memlock).sum()
 }
 
 /// VIP `i`: 10.0.0.1:80/tcp onwards.
@@ -114,7 +117,7 @@ pub struct ChangeRow {
 
 /// The process's memory at points of the last round.
 pub struct Memory {
-    pub readings: Vec<(&'static str, Status, Option<u64>)>,
+    pub readings: Vec<(&'static str, Status)>,
     pub maps: Vec<MapMem>,
 }
 
@@ -132,6 +135,8 @@ pub struct Scale {
     /// The first unchanged repeat after the full sync (not in `unchanged`).
     pub warmup_ms: f64,
     pub mem: Memory,
+    /// Kernel memory with the default capacities at a few VIP counts.
+    pub capacity: Vec<crate::capacity::Point>,
 }
 
 struct Loaded {
@@ -151,7 +156,10 @@ pub fn measure(plan: &Plan) -> Result<Scale> {
     // A first repeat, not kept, right after the full sync: caches are cold.
     let warmup_ms = unchanged(&mut loaded.dp, &snap)?;
     let (changes, unchanged) = changes(&mut loaded.dp, &mut snap, plan.scale_changes)?;
-    readings.push(("after the single changes", memory::status()?, memory::bpf_mapping_rss(tables_bytes())?));
+    readings.push(("after the single changes", memory::status()?));
+    drop(loaded);
+    std::thread::sleep(Duration::from_millis(300));
+    let capacity = crate::capacity::measure()?;
     Ok(Scale {
         date,
         load,
@@ -164,10 +172,11 @@ pub fn measure(plan: &Plan) -> Result<Scale> {
         unchanged,
         warmup_ms,
         mem: Memory { readings, maps },
+        capacity,
     })
 }
 
-type SyncOut = (Sync, Loaded, Vec<(&'static str, Status, Option<u64>)>, Vec<MapMem>);
+type SyncOut = (Sync, Loaded, Vec<(&'static str, Status)>, Vec<MapMem>);
 
 /// `plan.scale_rounds` full syncs, each into fresh maps; keeps the last round's data
 /// plane and its memory readings.
@@ -188,11 +197,11 @@ fn full_syncs(plan: &Plan, snap: &Snapshot) -> Result<SyncOut> {
         let l = loader::load(&opts).context("loading the XDP object")?;
         let mut loaded = Loaded { dp: XdpDataplane::new(l.maps, &opts), _ebpf: l.ebpf };
         load_ms.push(start.elapsed().as_secs_f64() * 1e3);
-        let after_load = (memory::status()?, memory::bpf_mapping_rss(tables_bytes())?);
+        let after_load = memory::status()?;
         let (u0, s0) = memory::thread_cpu_ms();
         let (ms, report) = timed_apply(&mut loaded.dp, snap)?;
         let (u1, s1) = memory::thread_cpu_ms();
-        let after_sync = (memory::status()?, memory::bpf_mapping_rss(tables_bytes())?);
+        let after_sync = memory::status()?;
         ensure!(report.vips_added == VIPS as usize, "full sync added {} VIPs, not {VIPS}", report.vips_added);
         ensure!(round == 0 || report.writes == writes, "full sync wrote {} entries, {writes} before", report.writes);
         writes = report.writes;
@@ -200,9 +209,9 @@ fn full_syncs(plan: &Plan, snap: &Snapshot) -> Result<SyncOut> {
         user_ms.push(u1 - u0);
         sys_ms.push(s1 - s0);
         let readings = vec![
-            ("before loading (snapshot built)", before, None),
-            ("after loading (maps created, TABLES mapped)", after_load.0, after_load.1),
-            ("after the full sync", after_sync.0, after_sync.1),
+            ("before loading (snapshot built)", before),
+            ("after loading (maps created)", after_load),
+            ("after the full sync", after_sync),
         ];
         last = Some((loaded, readings));
     }
@@ -227,7 +236,7 @@ fn check_tables(dp: &XdpDataplane) -> Result<usize> {
     for i in 0..VIPS {
         let v = vip(i);
         let meta = dp.maps().vips.get(&v.key(), 0).with_context(|| format!("VIPS entry of {v}"))?;
-        let live = dp.maps().tables.read(meta.id, meta.half)?;
+        let live = dp.maps().tables.read(&meta, meta.half)?;
         ensure!(live.iter().all(|e| e.backend != NO_BACKEND && e.backend == e.prev), "{v}: table not full and stable");
         written += live.iter().filter(|e| **e != TableEntry::default()).count();
     }
@@ -243,7 +252,7 @@ fn maglev_alone(snap: &Snapshot, passes: usize) -> Summary {
             let start = Instant::now();
             for backends in &inputs {
                 let members: Vec<Member<'_>> = backends.iter().map(|(k, w)| Member { key: k, weight: *w }).collect();
-                std::hint::black_box(maglev::build(&members, TABLE_SIZE));
+                std::hint::black_box(maglev::build(&members, VIP_TABLE));
             }
             start.elapsed().as_secs_f64() * 1e3
         })

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use crate::scale::{self, Scale, CHANGE_MS, FULL_SYNC_MS, MAX_BACKENDS, MAX_FLOWS, PER_VIP, RSS_MIB, TABLE_SIZE, VIPS};
+use crate::scale::{
+    self, Scale, CHANGE_MS, FULL_SYNC_MS, MAX_BACKENDS, MAX_FLOWS, PER_VIP, RSS_MIB, TABLE_SIZE, VIPS, VIP_TABLE,
+};
 use crate::section::{count, mib, online_cpus, targets, yes};
 use crate::stats::Summary;
 
@@ -22,9 +24,9 @@ fn writes(s: &Summary) -> String {
 
 /// The memory figure the RSS target is judged on: the peak of the last full-sync round
 /// (load through sync), with and without the resident TABLES mapping.
-fn rss_peak(s: &Scale) -> Option<(f64, f64)> {
-    let (_, st, tables) = s.mem.readings.iter().find(|(name, ..)| name.starts_with("after the full sync"))?;
-    Some((mib(st.hwm), mib(st.hwm.saturating_sub(tables.unwrap_or(0)))))
+fn rss_peak(s: &Scale) -> Option<f64> {
+    let (_, st) = s.mem.readings.iter().find(|(name, ..)| name.starts_with("after the full sync"))?;
+    Some(mib(st.hwm))
 }
 
 /// (target, met) lines, for the terminal and the section.
@@ -36,12 +38,8 @@ pub fn verdicts(s: &Scale) -> Vec<(String, bool)> {
     for c in &s.changes {
         v.push((format!("{} ≤ {} ms: median {:.3} ms", c.case, CHANGE_MS, c.ms.median), c.ms.median <= CHANGE_MS));
     }
-    if let Some((with, without)) = rss_peak(s) {
-        v.push((format!("RSS ≤ {RSS_MIB} MiB, counting the TABLES mapping: peak {with:.1} MiB"), with <= RSS_MIB));
-        v.push((
-            format!("RSS ≤ {RSS_MIB} MiB, not counting the TABLES mapping: peak {without:.1} MiB"),
-            without <= RSS_MIB,
-        ));
+    if let Some(peak) = rss_peak(s) {
+        v.push((format!("RSS ≤ {RSS_MIB} MiB: peak {peak:.1} MiB"), peak <= RSS_MIB));
     }
     v
 }
@@ -67,12 +65,13 @@ pub fn section(s: &Scale, quick: bool, scale_only: bool) -> String {
     results(&mut d, s);
     breakdown(&mut d, s);
     memory(&mut d, s);
+    crate::capacity::render(&mut d, &s.capacity);
     targets(&mut d, verdicts(s));
     d
 }
 
 fn method(d: &mut String, s: &Scale) {
-    let tables = scale::tables_bytes();
+    let tables = scale::tables_bytes(&s.mem.maps);
     let _ = writeln!(
         d,
         "* **Input**: {} IPv4 TCP VIPs ({} … {}), {PER_VIP} backends each ({} distinct addresses from 172.16.0.0, \
@@ -87,12 +86,12 @@ fn method(d: &mut String, s: &Scale) {
     let _ = writeln!(
         d,
         "* **Maps**: `loader::load` (new, unpinned maps, programs verified) with `LoadOptions {{ table_size: \
-         {TABLE_SIZE}, max_vips: {VIPS}, max_backends: {MAX_BACKENDS}, max_flows: {MAX_FLOWS} }}`. {TABLE_SIZE} is \
-         the smallest prime ≥ 100 × {PER_VIP} backends: Maglev wants at least 100 slots per backend for shares \
-         within about 1 % of the weights, and a larger table only costs more memory and build time per VIP. \
-         `TABLES` is then {} × 2 halves × {TABLE_SIZE} slots × 8 bytes = {} bytes ({:.1} MiB). `max_backends` \
-         leaves room for the added backends above the {} in use. Loading took {:.0} ms (median; not part of \
-         `apply`).",
+         {TABLE_SIZE}, max_vips: {VIPS}, max_backends: {MAX_BACKENDS}, max_flows: {MAX_FLOWS} }}`. Each VIP's \
+         table map is created with the VIP, sized from its backends: 1,024 slots, the power of two ≥ 100 × \
+         {PER_VIP} backends (Maglev wants at least 100 slots per backend for shares within about 1 % of the \
+         weights); {TABLE_SIZE} is only the most any VIP may get. The {} table maps hold 2 halves × 1,024 slots × \
+         8 bytes each: {} bytes ({:.1} MiB) in all. `max_backends` leaves room for the added backends above the \
+         {} in use. Loading took {:.0} ms (median; not part of `apply`).",
         count(VIPS),
         count(tables),
         tables as f64 / 1048576.0,
@@ -119,7 +118,7 @@ fn method(d: &mut String, s: &Scale) {
     );
     d.push_str(
         "* **Writes** are `ApplyReport::writes`: map entries written with a `bpf()` syscall each, plus table \
-         slots stored through the `TABLES` mapping.\n\n",
+         slots stored through the mapping of the VIP's table map.\n\n",
     );
 }
 
@@ -181,7 +180,7 @@ fn breakdown(d: &mut String, s: &Scale) {
          input) and the table stores.\n",
         count(sync.writes as u64),
         count(sync.table_slots as u64),
-        count((u64::from(VIPS) * u64::from(TABLE_SIZE)).saturating_sub(sync.table_slots as u64)),
+        count((u64::from(VIPS) * 2 * u64::from(VIP_TABLE)).saturating_sub(sync.table_slots as u64)),
         count(entries as u64),
         entries as f64 / VIPS as f64,
         count(VIPS),
@@ -195,7 +194,7 @@ fn breakdown(d: &mut String, s: &Scale) {
     let _ = write!(
         d,
         "**Where a single change's time goes.** The agent applies a change to its VIPs only: the medians above \
-         are that one VIP's work (its backend entries, one {TABLE_SIZE}-slot Maglev build of about {:.0} µs, the \
+         are that one VIP's work (its backend entries, one {VIP_TABLE}-slot Maglev build of about {:.0} µs, the \
          table diff into the idle half, the `VIPS` flip), independent of the other {} VIPs. A full resync of the \
          unchanged snapshot costs {base:.3} ms (median; the first one right after the full sync, not in the table, \
          took {:.3} ms): comparing each VIP's input digest with the one applied last, nothing else.",
@@ -212,35 +211,29 @@ fn breakdown(d: &mut String, s: &Scale) {
 }
 
 fn memory(d: &mut String, s: &Scale) {
-    let tables = scale::tables_bytes();
+    let tables = scale::tables_bytes(&s.mem.maps);
     d.push_str(
-        "**Memory of this process** (MiB = 2^20 bytes, from `/proc/self/status`; `TABLES` resident = `Rss` of the \
-         `TABLES` mapping in `/proc/self/smaps`). VmHWM was reset (`/proc/self/clear_refs`) at the start of the last \
-         full-sync round, so it is the peak of loading plus syncing.\n\n",
+        "**Memory of this process** (MiB = 2^20 bytes, from `/proc/self/status`). VmHWM was reset \
+         (`/proc/self/clear_refs`) at the start of the last full-sync round, so it is the peak of loading plus \
+         syncing.\n\n",
     );
-    d.push_str("| When (last round) | VmRSS | VmHWM | RssAnon | RssFile | TABLES resident | VmRSS − TABLES | VmHWM − TABLES |\n");
-    d.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for (name, st, t) in &s.mem.readings {
-        let t = t.unwrap_or(0);
+    d.push_str("| When (last round) | VmRSS | VmHWM | RssAnon | RssFile |\n");
+    d.push_str("| --- | ---: | ---: | ---: | ---: |\n");
+    for (name, st) in &s.mem.readings {
         let _ = writeln!(
             d,
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
             mib(st.rss),
             mib(st.hwm),
             mib(st.anon),
-            mib(st.file),
-            mib(t),
-            mib(st.rss.saturating_sub(t)),
-            mib(st.hwm.saturating_sub(t))
+            mib(st.file)
         );
     }
     let _ = writeln!(
         d,
-        "\n`TABLES` is kernel memory ({:.1} MiB). The agent writes its slots through a memory mapping instead of a \
-         syscall each, but maps only the pages of the one VIP it is reading or writing, and only while it does \
-         (`lb-agent/src/tables.rs`), so between applies none of it is resident in the process (the TABLES \
-         resident column; it would show in RssFile). The process's own memory (the data plane's state, the \
-         snapshot, the program objects, the binary) is the VmRSS − TABLES column.\n",
+        "\nThe tables are kernel memory ({:.1} MiB). The agent writes a VIP's slots through a memory mapping of its \
+         table map instead of a syscall each, mapped only while it reads or writes that VIP \
+         (`lb-agent/src/dataplane/xdp/tables.rs`), so between applies none of it is resident in the process.\n",
         tables as f64 / 1048576.0
     );
     d.push_str(
@@ -249,7 +242,6 @@ fn memory(d: &mut String, s: &Scale) {
          ramp state, netlink caches or async runtime: the agent's own figure is higher by what those hold (not \
          measured here).\n\n",
     );
-    rss_cause(d, s);
     d.push_str(
         "**Kernel memory of the maps** (after the full sync; `memlock` as the kernel reports it in \
          `/proc/self/fdinfo`, the figure `bpftool map show` prints; computed = entries × value size, times the \
@@ -278,31 +270,6 @@ fn memory(d: &mut String, s: &Scale) {
         );
     }
     let _ = writeln!(d, "| **total** | | | | {:.2} | |\n", total as f64 / 1048576.0);
-}
-
-/// Why the RSS target is missed (when it is) and what would fix it.
-fn rss_cause(d: &mut String, s: &Scale) {
-    let Some((with, without)) = rss_peak(s) else { return };
-    if with <= RSS_MIB {
-        return;
-    }
-    let tables = scale::tables_bytes() as f64 / 1048576.0;
-    let _ = writeln!(
-        d,
-        "**The RSS target is missed, and why.** The peak VmRSS is {with:.1} MiB against {RSS_MIB} MiB; without the \
-         `TABLES` mapping the process holds {without:.1} MiB. The excess is entirely the mapping: {} VIPs × 2 halves \
-         × {TABLE_SIZE} slots × 8 bytes = {tables:.1} MiB, mapped in full when the agent loads, so it counts as \
-         resident however few VIPs are in use. The fix I would make (in `lb-agent/src/tables.rs`; not made here): \
-         stop keeping the whole map mapped, and map only a window while writing (the two halves of the VIP being \
-         applied, page-aligned, or a run of VIPs during a full sync), unmapping it afterwards (its readers, maintenance, `explain` and `inspect`, would map the same way); or write a VIP's \
-         changed slots with one `BPF_MAP_UPDATE_BATCH` syscall instead of through a mapping. Either brings VmRSS to \
-         about {without:.0} MiB for about two more syscalls per written VIP (an estimate: some 20,000 more \
-         syscalls, tens of ms, over a full sync; nothing measurable for one change). That changes what RSS shows, not what the balancer costs: the maps \
-         below stay kernel memory, charged to the agent's memory cgroup either way (kernel 5.11 and later). To \
-         shrink that memory itself, size `--max-vips` to what is used (the tables are allocated for every possible \
-         VIP up front), or give each VIP a table sized to its own backends instead of one `--table-size` for all.\n",
-        count(VIPS)
-    );
 }
 
 /// The possible CPUs (what per-CPU maps are sized by).

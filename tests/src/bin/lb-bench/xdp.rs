@@ -19,7 +19,7 @@ use lb_tests::frames::{Frame, LB_MAC, SYN, TCP};
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 const SEED: u32 = 0x00be_4c42;
-pub const TABLE_SIZE: u32 = 65_537;
+pub const TABLE_SIZE: u32 = 65_536;
 pub const BACKENDS: u8 = 10;
 const WEIGHT: u32 = 10;
 const VIP_ADDR: [u8; 4] = [192, 0, 2, 10];
@@ -76,7 +76,7 @@ impl Bench {
 
     pub fn changed_slots(&self) -> Result<usize> {
         let meta = self.dp.maps().vips.get(&self.vip.key(), 0)?;
-        let live = self.dp.maps().tables.read(meta.id, meta.half)?;
+        let live = self.dp.maps().tables.read(&meta, meta.half)?;
         Ok(live.iter().filter(|e| e.backend != e.prev).count())
     }
 

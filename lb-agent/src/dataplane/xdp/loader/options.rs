@@ -1,13 +1,12 @@
 //! Load-time settings: map sizes and the program's globals, and what `META` records of
 //! them.
 
-use lb_common::{
-    Meta, ABI_VERSION, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE, TABLE_HALVES,
-};
+use lb_common::{Meta, ABI_VERSION, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_VIPS, DEFAULT_TABLE_SIZE};
 
 /// Load-time settings: map sizes and the program's globals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
+    /// The largest table a VIP gets (a power of two).
     pub table_size: u32,
     pub max_vips: u32,
     pub max_backends: u32,
@@ -34,8 +33,9 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    pub fn table_entries(&self) -> u32 {
-        self.max_vips * TABLE_HALVES * self.table_size
+    /// Entries of `TABLES` (the array of table maps): two per VIP.
+    pub fn table_maps(&self) -> u32 {
+        self.max_vips * 2
     }
 
     /// Slots of `FLOWS_NEW` (first packets of flows).
