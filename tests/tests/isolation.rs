@@ -103,3 +103,49 @@ fn an_address_the_kernel_refuses_fails_only_its_vip() -> Result<()> {
     ensure!(agent.stop()?.success());
     Ok(())
 }
+
+/// VIP addresses that would take the host's own traffic are refused, each on its own,
+/// naming why: the LB's own address on the interface, the gateway of a route out of it,
+/// and the subnet's broadcast address. A good VIP beside them carries real traffic.
+#[test]
+fn the_hosts_own_addresses_are_refused_as_vips() -> Result<()> {
+    if lb_tests::skip("isolation_host_addresses") {
+        return Ok(());
+    }
+    let lab = Lab::new("ish", 1, XdpModeChoice::Generic)?;
+    start_backend(&lab, 0)?;
+    // A route through a gateway on the segment (the client's address).
+    let gateway = lb_tests::lab::CLIENT4;
+    lb_tests::netns::ip(&lab.lb(), &["route", "add", "198.18.0.0/24", "via", gateway, "dev", "eth0"])?;
+    let (own, broadcast) = (lb_tests::lab::LB4, "192.0.2.255");
+    let config = [vip_block(VIP4), vip_block(own), vip_block(gateway), vip_block(broadcast)].concat();
+    let agent = Agent::start(&lab, &config, &["--xdp-mode", "generic"])?;
+    wait_for("the good VIP to be served", Duration::from_secs(20), || Ok(served(&lab, VIP4)))
+        .with_context(|| agent.log_text())?;
+    wait_for(
+        "three refusals",
+        Duration::from_secs(10),
+        || Ok(agent.log_text().matches("VIP not applied").count() >= 3),
+    )
+    .with_context(|| agent.log_text())?;
+    let log = agent.log_text();
+    let line = |addr: &str| {
+        log.lines().find(|l| l.contains("VIP not applied") && l.contains(&format!("{addr}:"))).unwrap_or("").to_string()
+    };
+    for (addr, why) in [
+        (own, "this host's own address on eth0"),
+        (gateway, "the gateway of a route out of eth0"),
+        (broadcast, "the broadcast address of 192.0.2.2/24"),
+    ] {
+        let l = line(addr);
+        println!("{addr}: {l}");
+        ensure!(l.contains(why), "{addr} refused as {why:?}: {l}\n{log}");
+    }
+    ensure!(!log.contains("sync failed"), "the refusals must not fail the whole sync:\n{log}");
+    // The host keeps its address: nothing was added or taken over.
+    let addrs = lb_tests::netns::ip(&lab.lb(), &["-4", "addr", "show", "dev", "eth0"])?;
+    ensure!(!addrs.contains("192.0.2.255/32") && !addrs.contains(&format!("{gateway}/32")), "{addrs}");
+    ensure!(served(&lab, VIP4), "the good VIP still serves");
+    ensure!(agent.stop()?.success());
+    Ok(())
+}

@@ -93,6 +93,10 @@ impl Host {
             if self.added.contains(addr) {
                 continue;
             }
+            if let Some(why) = crate::netlink::host_conflict(&self.link, &self.added, *addr) {
+                refused.insert(*addr, format!("refused as a VIP: {why}"));
+                continue;
+            }
             match self.nl.add_address(self.link.index, *addr).await {
                 Ok(true) => {
                     info!(%addr, iface = %self.link.name, "VIP address added");

@@ -135,7 +135,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     if let Some(logger) = logger {
         crate::kernel_log::spawn(logger);
     }
-    let mut old_dp = None;
+    let mut old_dp: Option<XdpDataplane> = None;
     let (dp, adopted) = match (&origin, previous) {
         (MapsOrigin::Adopted, _) => XdpDataplane::adopt(maps, &load).map_err(|e| AgentError::Dataplane(Box::new(e)))?,
         (MapsOrigin::Fresh, _) => (XdpDataplane::new(maps, &load), vec![]),
@@ -167,7 +167,10 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let mode = format!("XDP on {iface}");
     let mut agent = Agent::new(source, mode, Host::new(nl, link), dp, opts.config.desired.clone(), view, macs);
     agent.config_mtime = mtime(&opts.config_path);
-    agent.take_over(&adopted);
+    // VIP addresses an earlier agent added (a VIP without backends included): not the
+    // host's own, though they are on the interface.
+    let earlier_vips = old_dp.as_ref().unwrap_or(&agent.dp).vip_addrs();
+    agent.take_over(&adopted, &earlier_vips);
     if let Some(watch) = agent.source.watch() {
         info!("waiting for the Service, EndpointSlice and Pod caches");
         watch.ready().await;

@@ -90,7 +90,12 @@ impl<D: Dataplane> Agent<D> {
 
     /// Continues where the previous agent left off: its ramps and drains, its VIP
     /// addresses and neighbour entries.
-    pub fn take_over(&mut self, adopted: &[AdoptedBackend]) {
+    pub fn take_over(&mut self, adopted: &[AdoptedBackend], vip_addrs: &BTreeSet<IpAddr>) {
+        for addr in vip_addrs {
+            if self.host.link.addrs.iter().any(|(a, _)| a == addr) {
+                self.host.added.insert(*addr);
+            }
+        }
         for a in adopted {
             let record = Record {
                 target: a.target,

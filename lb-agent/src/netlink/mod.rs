@@ -46,8 +46,9 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
 };
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::AddressMessageBuilder;
+use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
 const MAX_IFNAME_LEN: usize = 15;
@@ -66,6 +67,8 @@ pub struct Link {
     /// kernel's order: IPv4 and IPv6, including IPv6 link-local and any /32 or /128
     /// VIPs added by [`Netlink::add_address`].
     pub addrs: Vec<(IpAddr, u8)>,
+    /// The gateways of routes out of this interface (any table), when it was read.
+    pub gateways: Vec<IpAddr>,
 }
 
 /// A failed rtnetlink operation, with the interface and address it concerned.
@@ -136,6 +139,13 @@ pub enum NetlinkError {
     Resolve {
         ifindex: u32,
         addr: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Listing the routes failed.
+    #[error("cannot list the routes out of interface {ifindex}")]
+    ListRoutes {
+        ifindex: u32,
         #[source]
         source: rtnetlink::Error,
     },
@@ -216,7 +226,41 @@ impl Netlink {
             hw.as_slice().try_into().map_err(|_| NetlinkError::NotEthernet { name: name.clone(), len: hw.len() })?;
 
         let addrs = self.addresses(index).await?;
-        Ok(Link { index, name, mac, addrs })
+        let gateways = self.gateways(index).await?;
+        Ok(Link { index, name, mac, addrs, gateways })
+    }
+
+    /// The gateways of the routes (IPv4 and IPv6, every table) out of `ifindex`.
+    async fn gateways(&self, ifindex: u32) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut out = Vec::new();
+        let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+        for request in dumps {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetlinkError::ListRoutes { ifindex, source })?;
+            for r in &routes {
+                let oif =
+                    r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+                let gateway = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                });
+                if let (Some(i), Some(g)) = (oif, gateway) {
+                    if i == ifindex {
+                        out.push(g);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// Every address on interface `ifindex`, with its prefix length.
@@ -278,6 +322,30 @@ impl Netlink {
             },
         }
     }
+}
+
+/// Why `addr` cannot be a VIP on this link, if it cannot: it is one of the host's own
+/// addresses there (not one of `vips`, the VIP addresses an agent added), the gateway of
+/// a route out of it, or the broadcast address of one of its IPv4 subnets. Taking it
+/// would steal the host's traffic (or its router's).
+pub fn host_conflict(link: &Link, vips: &std::collections::BTreeSet<IpAddr>, addr: IpAddr) -> Option<String> {
+    if !vips.contains(&addr) {
+        if let Some((_, len)) = link.addrs.iter().find(|(a, _)| *a == addr) {
+            return Some(format!("{addr} is this host's own address on {} ({addr}/{len})", link.name));
+        }
+    }
+    if link.gateways.contains(&addr) {
+        return Some(format!("{addr} is the gateway of a route out of {}", link.name));
+    }
+    for &(net, len) in &link.addrs {
+        if let (IpAddr::V4(n), IpAddr::V4(a)) = (net, addr) {
+            let host_bits = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            if len < 31 && u32::from(a) == u32::from(n) | host_bits {
+                return Some(format!("{addr} is the broadcast address of {net}/{len} on {}", link.name));
+            }
+        }
+    }
+    None
 }
 
 /// Does `addr` fall inside one of the link's subnets (for validating backends are on-link)?

@@ -7,7 +7,25 @@ fn link(addrs: &[(&str, u8)]) -> Link {
         name: "eth0".into(),
         mac: [2, 0, 0, 0, 0, 1],
         addrs: addrs.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
+        gateways: vec!["10.1.2.254".parse().unwrap(), "fe80::1".parse().unwrap()],
     }
+}
+
+#[test]
+fn host_conflicts() {
+    let l = link(&[("10.1.2.3", 24), ("192.0.2.100", 32), ("10.9.0.1", 31), ("2001:db8::5", 64)]);
+    let vips: std::collections::BTreeSet<IpAddr> = [ip("192.0.2.100")].into();
+    let why = |a: &str| host_conflict(&l, &vips, ip(a));
+    assert!(why("10.1.2.3").unwrap().contains("this host's own address on eth0 (10.1.2.3/24)"));
+    assert!(why("2001:db8::5").unwrap().contains("own address"));
+    assert!(why("10.1.2.254").unwrap().contains("gateway of a route out of eth0"));
+    assert!(why("fe80::1").unwrap().contains("gateway"));
+    assert!(why("10.1.2.255").unwrap().contains("broadcast address of 10.1.2.3/24"));
+    // A VIP an agent added is not the host's; a /31 has no broadcast; others are free.
+    assert_eq!(why("192.0.2.100"), None);
+    assert_eq!(why("10.9.0.0"), None);
+    assert_eq!(why("10.1.2.7"), None);
+    assert_eq!(why("2001:db8::6"), None);
 }
 
 fn ip(s: &str) -> IpAddr {

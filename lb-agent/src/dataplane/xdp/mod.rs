@@ -139,6 +139,11 @@ impl XdpDataplane {
         self.vips.get(vip)?.backends.get(&addr).map(|b| b.id)
     }
 
+    /// The addresses of the VIPs it holds (adopted ones included).
+    pub fn vip_addrs(&self) -> BTreeSet<IpAddr> {
+        self.vips.keys().map(|v| v.addr).collect()
+    }
+
     pub fn vip_id(&self, vip: &Vip) -> Option<u32> {
         self.vips.get(vip).map(|v| v.id)
     }

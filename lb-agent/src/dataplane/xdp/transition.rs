@@ -19,7 +19,10 @@ use lb_common::{TableEntry, NO_BACKEND, NO_PREV};
 /// smaller one (`maglev::slot_of` takes the low bits of the hash), so that slot's entry
 /// is where its established flows went, and the same rules apply.
 pub fn next_entries(live: &[TableEntry], assigned: &[u32], removed: impl Fn(u32) -> bool) -> Vec<TableEntry> {
-    assert!(live.len().is_power_of_two() && assigned.len().is_multiple_of(live.len()), "a table only grows, by powers of two");
+    assert!(
+        live.len().is_power_of_two() && assigned.len().is_multiple_of(live.len()),
+        "a table only grows, by powers of two"
+    );
     let mask = live.len() - 1;
     assigned
         .iter()

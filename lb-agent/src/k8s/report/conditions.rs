@@ -14,7 +14,7 @@ use kube::Api;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::super::desired::{ServiceKey, ServiceOutcome};
+use super::super::desired::{ServiceKey, ServiceOutcome, ServiceProblem};
 use super::{hash_of, EventType, HostState, KubeReporter, CONDITION_PREFIX};
 
 /// One Service's condition on this host.
@@ -47,6 +47,16 @@ pub(super) fn condition(host: &HostState, outcome: &ServiceOutcome) -> Condition
     Condition { ok, reason, message }
 }
 
+/// How long a new Service may be without ready endpoints before it is warned about:
+/// its EndpointSlices are written by another controller, a moment after it.
+pub(super) const NEW_SERVICE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Was a Service created less than `NEW_SERVICE_GRACE` before `now`? (Unknown: no.)
+pub(super) fn is_new(created: Option<Timestamp>, now: Timestamp) -> bool {
+    let grace = NEW_SERVICE_GRACE.as_millis() as i64;
+    created.is_some_and(|c| now.as_millisecond() - c.as_millisecond() < grace)
+}
+
 impl KubeReporter {
     fn condition_type(&self) -> String {
         format!("{CONDITION_PREFIX}{}", self.host_name)
@@ -59,7 +69,13 @@ impl KubeReporter {
         writes: &mut Vec<(ServiceKey, Value, u64)>,
         events: &mut Vec<(ServiceKey, EventType, &'static str, String)>,
     ) {
-        let Some(outcome) = self.outcomes.get(key).cloned() else { return };
+        let Some(mut outcome) = self.outcomes.get(key).cloned() else { return };
+        let created = self.source.lock().service(key).and_then(|s| s.created);
+        if outcome.problems.contains(&ServiceProblem::NoReadyEndpoints) && is_new(created, Timestamp::now()) {
+            // Its EndpointSlices usually come a moment after it: not a problem yet.
+            outcome.problems.retain(|p| *p != ServiceProblem::NoReadyEndpoints);
+            self.deferred.insert(key.clone());
+        }
         for p in self.problems.update(key, &outcome.problems) {
             events.push((key.clone(), EventType::Warning, p.reason(), p.to_string()));
         }
@@ -117,7 +133,6 @@ impl KubeReporter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::desired::ServiceProblem;
     use super::super::super::held::{Held, VipHeld};
     use super::*;
     use crate::dataplane::Programmed;
@@ -131,6 +146,14 @@ mod tests {
         let mut held = Held::default();
         held.vips.insert(vip, VipHeld::Programmed(Programmed { serving: 2, ramping: 1, ..Default::default() }));
         ServiceOutcome { address: Some("192.0.2.100".parse().unwrap()), vips: vec![vip], held, ..Default::default() }
+    }
+
+    #[test]
+    fn a_new_service_gets_a_grace_for_its_endpoints() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let ago = |s: i64| Some(Timestamp::from_second(1_000_000 - s).unwrap());
+        assert!(is_new(ago(0), now) && is_new(ago(9), now));
+        assert!(!is_new(ago(10), now) && !is_new(ago(3600), now) && !is_new(None, now));
     }
 
     #[test]

@@ -91,9 +91,13 @@ struct KubeReporter {
     progress_seen: HashMap<IpAddr, u32>,
     /// Services whose status write failed: retried.
     failed: BTreeSet<ServiceKey>,
+    /// New Services not warned about missing endpoints yet (`conditions::is_new`):
+    /// looked at again on the next tick.
+    deferred: BTreeSet<ServiceKey>,
 }
 
-/// How soon failed status writes are retried when nothing else comes.
+/// How soon failed status writes are retried (and new Services looked at again) when
+/// nothing else comes.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the reporter task.
@@ -112,6 +116,7 @@ pub fn spawn(client: Client, host: &str, source: KubeSource, mode: String) -> Re
         programmed: BTreeSet::new(),
         progress_seen: HashMap::new(),
         failed: BTreeSet::new(),
+        deferred: BTreeSet::new(),
     };
     tokio::spawn(async move {
         loop {
@@ -119,7 +124,7 @@ pub fn spawn(client: Client, host: &str, source: KubeSource, mode: String) -> Re
             match tokio::time::timeout(RETRY, rx.recv()).await {
                 Ok(Some(first)) => batch.push(first),
                 Ok(None) => return,
-                Err(_) if r.failed.is_empty() => continue,
+                Err(_) if r.failed.is_empty() && r.deferred.is_empty() => continue,
                 Err(_) => {}
             }
             while let Ok(m) = rx.try_recv() {
@@ -141,6 +146,7 @@ fn hash_of(v: &Value) -> u64 {
 impl KubeReporter {
     async fn handle(&mut self, batch: Vec<Report>) {
         let mut services: BTreeSet<ServiceKey> = std::mem::take(&mut self.failed);
+        services.extend(std::mem::take(&mut self.deferred));
         let mut released: Vec<ServiceKey> = Vec::new();
         let mut progress: BTreeMap<IpAddr, ((String, String), u32)> = BTreeMap::new();
         let mut events = Vec::new();
