@@ -21,6 +21,12 @@ mod flood_gen;
 mod flood_report;
 #[path = "lb-bench/kube.rs"]
 mod kube;
+#[path = "lb-bench/kube_fixtures.rs"]
+mod kube_fixtures;
+#[path = "lb-bench/kube_probe.rs"]
+mod kube_probe;
+#[path = "lb-bench/kube_report.rs"]
+mod kube_report;
 #[path = "lb-bench/maglev.rs"]
 mod maglev;
 #[path = "lb-bench/memory.rs"]
