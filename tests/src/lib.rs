@@ -14,6 +14,7 @@ pub mod netns;
 pub mod probe;
 pub mod servers;
 pub mod traffic;
+pub mod vm;
 
 use std::io::Write;
 

@@ -8,6 +8,7 @@ mod ebpf;
 mod kube_assets;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

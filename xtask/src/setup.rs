@@ -35,6 +35,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     // capsh: the capability test runs the agent with exactly the DaemonSet's capabilities.
     "libcap2-bin",
+    // The IPVS tests' VM (`vm.rs`): QEMU, its initramfs tools, depmod, and ipvsadm (the
+    // tests' oracle).
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "ipvsadm",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -56,6 +62,9 @@ pub fn run() -> Result<()> {
     }
     if crate::deny::install()? {
         did.push("cargo-deny");
+    }
+    if crate::vm::install()? {
+        did.push("the IPVS test VM");
     }
     check()?;
     // Last: a cold build takes minutes, and it needs nothing installed above.

@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod ipvs;
 pub mod xdp;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::cases::Setup;
 use crate::stats::Summary;
-use crate::xdp::{BACKENDS, TABLE_SIZE};
+use crate::xdp::{BACKENDS, VIP_TABLE};
 use crate::{maglev, Plan};
 
 /// A limit on the median (net when there is a net figure), and an optional stretch goal.
@@ -147,13 +147,13 @@ fn method(plan: &Plan, s: &Setup) -> String {
         d,
         "* **Per packet**: `BPF_PROG_TEST_RUN` of the XDP program `lb_xdp`, loaded and programmed through \
          `XdpDataplane::apply` exactly as the agent does: one IPv4 TCP VIP ({}) with {BACKENDS} backends of weight 10, \
-         a Maglev table of {TABLE_SIZE} slots. Backend 10.0.0.1's weight then goes 10 → 40, which leaves {} slots ({:.1} %) \
+         a Maglev table of {VIP_TABLE} slots (the size its backends get). Backend 10.0.0.1's weight then goes 10 → 40, which leaves {} slots ({:.1} %) \
          in transition (current backend ≠ previous backend). Frames are {} bytes (Ethernet, IPv4, TCP, 5 bytes of \
          payload); each case's frame is picked with `lb_agent::dataplane::xdp::explain` so it takes the path it names. The measuring \
          thread is pinned to one CPU.",
         s.vip,
         s.changed_slots,
-        100.0 * s.changed_slots as f64 / TABLE_SIZE as f64,
+        100.0 * s.changed_slots as f64 / VIP_TABLE as f64,
         s.frame_len
     );
     let _ = writeln!(

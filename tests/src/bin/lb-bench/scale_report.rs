@@ -87,9 +87,10 @@ fn method(d: &mut String, s: &Scale) {
         d,
         "* **Maps**: `loader::load` (new, unpinned maps, programs verified) with `LoadOptions {{ table_size: \
          {TABLE_SIZE}, max_vips: {VIPS}, max_backends: {MAX_BACKENDS}, max_flows: {MAX_FLOWS} }}`. Each VIP's \
-         table map is created with the VIP, sized from its backends: 1,024 slots, the power of two ≥ 100 × \
-         {PER_VIP} backends (Maglev wants at least 100 slots per backend for shares within about 1 % of the \
-         weights); {TABLE_SIZE} is only the most any VIP may get. The {} table maps hold 2 halves × 1,024 slots × \
+         table map is created with the VIP, sized from its backends: {VIP_TABLE} slots, the smallest of the table \
+         sizes (256, 1,024, 8,192, 65,536) with 100 slots for each of its {PER_VIP} backends (Maglev wants at least \
+         100 slots per backend for shares within about 1 % of the weights); {TABLE_SIZE} is only the most any VIP \
+         may get. The {} table maps hold 2 halves × {VIP_TABLE} slots × \
          8 bytes each: {} bytes ({:.1} MiB) in all. `max_backends` leaves room for the added backends above the \
          {} in use. Loading took {:.0} ms (median; not part of `apply`).",
         count(VIPS),

@@ -20,6 +20,8 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 const SEED: u32 = 0x00be_4c42;
 pub const TABLE_SIZE: u32 = 65_536;
+/// The table the VIP gets for its backends.
+pub const VIP_TABLE: u32 = lb_common::table_size_for(BACKENDS as u32, TABLE_SIZE);
 pub const BACKENDS: u8 = 10;
 const WEIGHT: u32 = 10;
 const VIP_ADDR: [u8; 4] = [192, 0, 2, 10];
